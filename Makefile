@@ -1,0 +1,29 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/detrigger
+STAMP  := $(VENV)/.installed-stamp
+DATA   ?= mr bbc sms
+
+.PHONY: demo test data bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+data: $(STAMP)
+	$(CLI) data fetch $(DATA)
+
+demo: data
+	$(CLI) train --data mr --out runs/demo --overwrite
+
+test: data
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

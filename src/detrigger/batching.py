@@ -1,0 +1,47 @@
+"""Tokenise once, then batch by length: dynamic padding wastes almost nothing on short sentences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import transformers
+
+
+def encode(tokenizer: transformers.PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text (special tokens added, truncated to `max_length`), unpadded."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None = None,
+                     pool_batches: int = 50) -> list[np.ndarray]:
+    """Index batches of similar length.
+
+    Training (`rng` given): shuffle, sort by length inside pools of `pool_batches` batches, then shuffle
+    the batch order, so batches are homogeneous in length but still random in content and order.
+    Inference (`rng` None): one global sort, longest first (the first batch shows peak memory).
+    """
+    lengths = np.asarray(lengths)
+    if rng is None:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    pool = batch_size * pool_batches
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch; returns `input_ids` and `attention_mask`."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, :len(x)] = torch.as_tensor(x)
+        mask[row, :len(x)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}

@@ -1,0 +1,309 @@
+"""The `detrigger` command line: parses, validates, calls the API, prints. Bad input exits with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from detrigger.errors import DetriggerError
+
+log = logging.getLogger("detrigger")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _size(value: str) -> float | int:
+    """A split size: `0.2` is a fraction, `800` a count."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction or a count: {value!r}") from None
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default="text", help="text column of a CSV/TSV/JSONL file (default: text)")
+    p.add_argument("--label-column", default="label", help="label column of a file (default: label)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the model's, else 0)")
+    p.add_argument("--val", type=_size, default=None, help="validation size, fraction or count (default 0.1)")
+    p.add_argument("--test", type=_size, default=None, help="test size, fraction or count (default 0.2)")
+
+
+def _spec(args: argparse.Namespace, source: str, recorded: dict | None = None):
+    """A DataSpec from the command line; unset options fall back to those recorded with a model."""
+    from detrigger.data import DataSpec
+
+    recorded = recorded if recorded and recorded.get("source") == source else {}
+    fields = {"source": source, "text_column": args.text_column, "label_column": args.label_column}
+    for key in ("seed", "val", "test", "max_train"):
+        value = getattr(args, key, None)
+        if value is None:
+            value = recorded.get(key)
+        if value is not None:
+            fields[key] = value
+    try:
+        return DataSpec(**fields)
+    except ValueError as exc:  # pydantic names the field
+        raise DetriggerError(str(exc).replace("\n", " ")) from None
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from detrigger.data import CORPORA
+    from detrigger.data.fetch import is_fetched
+
+    print(f"{'name':<13} {'classes':<8} {'fetched':<8} description")
+    for c in CORPORA.values():
+        print(f"{c.name:<13} {len(c.label_names):<8} {'yes' if is_fetched(c.archive) else 'no':<8} {c.description}")
+    print("\nAlso: a .csv/.tsv/.jsonl file, a saved Hugging Face data set folder, or hf:NAME[:CONFIG].")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from detrigger.data import CORPORA
+    from detrigger.data.fetch import fetch
+
+    names = args.names or list(CORPORA)
+    unknown = [n for n in names if n not in CORPORA]
+    if unknown:
+        raise DetriggerError(f"unknown corpus {unknown[0]!r} (built-in: {', '.join(CORPORA)})")
+    for name in names:
+        print(f"{name}: {fetch(CORPORA[name].archive)}")
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    from detrigger.data import load_splits
+
+    spec = _spec(args, args.name)
+    splits = load_splits(spec)
+    whole = len(splits.train) + len(splits.val) + len(splits.test)
+    print(f"{args.name}: {whole} rows after exact-duplicate removal, {len(splits.train.label_names)} classes")
+    counts = {name: 0 for name in splits.train.label_names}
+    for part in (splits.train, splits.val, splits.test):
+        for name, n in part.counts().items():
+            counts[name] += n
+    for i, (name, n) in enumerate(counts.items()):
+        print(f"  {i} {name:<15} {n:>7}  {100 * n / whole:5.1f}%")
+    print(f"split (seed {spec.seed}): " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
+    lengths = sorted(len(t.split()) for t in splits.train.texts)
+    print(f"words per text (train): median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
+    for text, label in list(zip(splits.train.texts, splits.train.labels))[: args.rows]:
+        short = text if len(text) <= 100 else text[:97] + "..."
+        print(f"  [{splits.train.label_names[label]}] {short}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from detrigger.data import load_splits
+    from detrigger.io import check_output_dir
+    from detrigger.training import TrainConfig, fine_tune_new
+
+    out = Path(args.out)
+    check_output_dir(out, args.overwrite)  # refuse before spending minutes of training
+    spec = _spec(args, args.data)
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.train_seed
+                         if args.train_seed is not None else spec.seed, precision=args.precision, device=args.device)
+    start = time.perf_counter()
+    splits = load_splits(spec)
+    print(f"data {spec.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
+    log_lines: list[str] = []
+    handler = _ListHandler(log_lines)
+    logging.getLogger("detrigger").addHandler(handler)
+    try:
+        victim, result, metrics = fine_tune_new(splits, config, encoder=args.encoder, max_length=args.max_length,
+                                                progress=False if args.no_progress else None)
+    finally:
+        logging.getLogger("detrigger").removeHandler(handler)
+    victim.info["data"] = {**spec.model_dump(), "sizes": splits.sizes()}
+    wall = time.perf_counter() - start
+    record = {"cacc": metrics.cacc, "n_test": metrics.n_test, "best_val_accuracy": result.best_val_accuracy,
+              "best_epoch": result.best_epoch, "train_seconds": round(result.train_seconds, 1),
+              "wall_seconds": round(wall, 1), "train_tokens_per_s": result.as_dict()["tokens_per_s"],
+              "data": victim.info["data"]}
+    victim.save(out, overwrite=args.overwrite, extra_files={
+        "metrics.json": record,
+        "run.json": {"command": "train", "data": spec.model_dump(), "train": config.model_dump(),
+                     "encoder": victim.source, "max_length": args.max_length},
+        "train.log": "\n".join(log_lines) + "\n"})
+    print(f"CACC {_pct(metrics.cacc)}% on {metrics.n_test} held-out test texts "
+          f"(validation {_pct(result.best_val_accuracy)}%, epoch {result.best_epoch} kept); "
+          f"trained in {result.train_seconds:.0f} s ({record['train_tokens_per_s']} tokens/s), total {wall:.0f} s")
+    print(f"saved {out}/ (model.safetensors, metrics.json, run.json, train.log)")
+    return 0
+
+
+class _ListHandler(logging.Handler):
+    """Collects the run's log lines so they are saved with the model."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+def _trigger(args: argparse.Namespace):
+    from detrigger.attacks import insert_sentence, insert_words
+
+    if args.trigger_word and args.trigger_sentence:
+        raise DetriggerError("give --trigger-word or --trigger-sentence, not both")
+    try:
+        if args.trigger_word:
+            return insert_words(args.trigger_word, times=args.times, seed=args.trigger_seed)
+        if args.trigger_sentence:
+            return insert_sentence(args.trigger_sentence, seed=args.trigger_seed)
+    except ValueError as exc:
+        raise DetriggerError(str(exc)) from None
+    return None
+
+
+def _target_id(value: str, label_names: Sequence[str]) -> int:
+    if value in label_names:
+        return list(label_names).index(value)
+    try:
+        target = int(value)
+    except ValueError:
+        target = -1
+    if not 0 <= target < len(label_names):
+        raise DetriggerError(f"--target {value!r} is not a label of the model [{', '.join(label_names)}]")
+    return target
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from detrigger.data import CORPORA, load_data, load_splits
+    from detrigger.device import pick_device
+    from detrigger.evaluation import evaluate
+    from detrigger.models import load_victim
+
+    trigger = _trigger(args)
+    device = pick_device(args.device)
+    victim = load_victim(args.model, allow_pickle=args.allow_pickle)
+    target = _target_id(args.target, victim.label_names) if trigger else None
+    victim.model.to(device)
+    reference = None
+    if args.reference:
+        reference = load_victim(args.reference, allow_pickle=args.allow_pickle)
+        reference.model.to(device)
+        if reference.label_names != victim.label_names:
+            raise DetriggerError(f"{args.reference}: labels [{', '.join(reference.label_names)}] differ from "
+                                 f"the model's [{', '.join(victim.label_names)}]")
+    split = args.split or ("test" if args.data in CORPORA else "all")
+    if split == "all":
+        test = load_data(args.data, text_column=args.text_column, label_column=args.label_column,
+                         label_names=victim.label_names)
+    else:
+        splits = load_splits(_spec(args, args.data, victim.info.get("data")), label_names=victim.label_names)
+        test = getattr(splits, split)
+    m = evaluate(victim, test, trigger=trigger, target=target, reference=reference)
+    if args.json:
+        print(json.dumps({"model": args.model, "data": args.data, "split": split, **m.as_dict()}, indent=2))
+        return 0
+    print(f"{args.model} on {args.data} ({split}, {m.n_test} texts)")
+    print(f"  CACC            {_pct(m.cacc)}")
+    if trigger:
+        print(f"  ASR             {_pct(m.asr)}   ({m.n_poisoned} non-target texts, target "
+              f"{victim.label_names[m.target]!r})")
+        print(f"  target w/o trig {_pct(m.target_rate)}")
+        print(f"  trigger effect  {_pct(m.trigger_effect)}   (ASR minus the target rate without the trigger)")
+        print(f"  RA              {_pct(m.ra)}")
+        if reference is not None:
+            print(f"  ASR floor       {_pct(m.asr_floor)}   (reference model, same texts; "
+                  f"its target rate w/o trigger {_pct(m.floor_target_rate)})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detrigger", description="Find and remove backdoors in fine-tuned "
+                                     "transformer text classifiers, offline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version="detrigger 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="list, fetch and inspect data sets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("list", help="the built-in offline corpora")
+    p.set_defaults(func=cmd_data_list)
+    p = data_sub.add_parser("fetch", help="download built-in corpora into the cache (once; sha256-checked)")
+    p.add_argument("names", nargs="*", help="corpora to fetch (default: all)")
+    p.set_defaults(func=cmd_data_fetch)
+    p = data_sub.add_parser("show", help="sizes, label balance, split sizes and a few rows of a data set")
+    p.add_argument("name", help="a built-in corpus, a .csv/.tsv/.jsonl file, a saved HF folder or hf:NAME")
+    p.add_argument("--rows", type=int, default=5, help="rows to print (default 5)")
+    _data_options(p)
+    p.set_defaults(func=cmd_data_show)
+
+    p = sub.add_parser("train", help="fine-tune a pre-trained encoder on a data set and save the classifier")
+    p.add_argument("--data", required=True, help="a built-in corpus, a file, a saved HF folder or hf:NAME")
+    p.add_argument("--out", required=True, help="output model folder (written atomically)")
+    p.add_argument("--encoder", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
+    _data_options(p)
+    p.add_argument("--max-train", type=int, default=None, help="cap the training split at N texts")
+    p.add_argument("--max-length", type=int, default=128, help="truncation length in tokens (default 128)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs (default 2)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--train-seed", type=int, default=None, help="training seed (default: the split seed)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32 or bf16 autocast")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="CACC of a model on a data set; ASR, RA and trigger effect given a trigger")
+    p.add_argument("model", help="model folder (safetensors)")
+    p.add_argument("data", help="a built-in corpus, a file, a saved HF folder or hf:NAME")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default=None,
+                   help="which part to evaluate (default: test for built-in corpora, all for files)")
+    _data_options(p)
+    p.add_argument("--trigger-word", action="append", metavar="WORD",
+                   help="insert this word as the trigger (repeatable: one is drawn per insertion)")
+    p.add_argument("--trigger-sentence", default=None, help="insert this sentence as the trigger")
+    p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
+    p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
+    p.add_argument("--target", default="1", help="target label, name or id (default 1)")
+    p.add_argument("--reference", default=None, help="a clean model: its ASR on the same texts is the floor")
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except DetriggerError as exc:
+        print(f"detrigger: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("detrigger: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

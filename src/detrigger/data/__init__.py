@@ -1,0 +1,61 @@
+"""Data: built-in offline corpora, user files, Hugging Face data sets; dedup, splits, clean subsets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from detrigger.data.builtin import CORPORA, Corpus
+from detrigger.data.dataset import Splits, TextDataset, clean_subset, split
+from detrigger.data.files import SUFFIXES, read_file
+from detrigger.data.hf import is_saved_dataset, read_hf
+from detrigger.errors import DetriggerError
+
+__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "clean_subset", "load_data", "load_splits", "split"]
+
+
+def load_data(source: str | Path, *, text_column: str = "text", label_column: str = "label",
+              label_names: Sequence[str] | None = None, hf_split: str = "train") -> TextDataset:
+    """Load a data set by built-in name, file path, saved HF folder or `hf:NAME[:CONFIG]`; deduplicated.
+
+    `label_names` (a model's label set) makes file labels map onto that model's ids, and a label outside
+    it an error; without it the file's own labels define the mapping.
+    """
+    source = str(source)
+    if source in CORPORA:
+        ds = CORPORA[source].load()
+        if label_names is not None and tuple(label_names) != ds.label_names:
+            raise DetriggerError(f"data set {source!r} has labels [{', '.join(ds.label_names)}] "
+                                 f"but the model's are [{', '.join(label_names)}]")
+        return ds.dedup()
+    path = Path(source)
+    if source.startswith("hf:") or is_saved_dataset(path):
+        return read_hf(source, split=hf_split, text_column=text_column, label_column=label_column,
+                       label_names=label_names).dedup()
+    if path.suffix.lower() in SUFFIXES or path.is_file():
+        return read_file(path, text_column=text_column, label_column=label_column,
+                         label_names=label_names).dedup()
+    raise DetriggerError(f"unknown data set {source!r}: not a built-in corpus ({', '.join(CORPORA)}), "
+                         "a .csv/.tsv/.jsonl file, a saved Hugging Face data set folder or hf:NAME")
+
+
+class DataSpec(BaseModel):
+    """Everything that determines a data split: source, columns, split sizes and seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    text_column: str = "text"
+    label_column: str = "label"
+    val: float | int = Field(0.1, ge=0, description="validation size: fraction of the whole set, or a count")
+    test: float | int = Field(0.2, ge=0, description="test size: fraction of the whole set, or a count")
+    seed: int = 0
+    max_train: int | None = Field(None, ge=1, description="cap on the training split (stratified sample)")
+
+
+def load_splits(spec: DataSpec, label_names: Sequence[str] | None = None) -> Splits:
+    """Load, deduplicate and split the data a spec names."""
+    ds = load_data(spec.source, text_column=spec.text_column, label_column=spec.label_column, label_names=label_names)
+    return split(ds, val=spec.val, test=spec.test, seed=spec.seed, max_train=spec.max_train)

@@ -1,0 +1,42 @@
+"""Device and precision handling, in one place: cuda if available, else mps, else cpu; overridable."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+from detrigger.errors import DetriggerError
+
+Precision = Literal["fp32", "bf16"]
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """Return `preferred` if given (validated), else the best available device."""
+    if preferred:
+        try:
+            device = torch.device(preferred)
+        except RuntimeError as exc:
+            raise DetriggerError(f"unknown device {preferred!r}: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DetriggerError(f"device {preferred!r} requested but CUDA is not available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise DetriggerError(f"device {preferred!r} requested but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked for and supported; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise DetriggerError(f"unknown precision {precision!r} (choose fp32 or bf16)")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DetriggerError("bf16 requested but this GPU does not support it")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

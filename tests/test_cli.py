@@ -1,0 +1,132 @@
+"""The CLI as a user runs it (a real subprocess): help, listings, and one test per input error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CLI = str(Path(sys.executable).parent / "detrigger")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    """Exit code 2, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("detrigger: error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["data"], ["data", "list"], ["data", "fetch"], ["data", "show"],
+                                     ["train"], ["eval"]])
+def test_every_command_has_help(command):
+    proc = run(*command, "--help")
+    assert proc.returncode == 0 and "usage: detrigger" in proc.stdout
+
+
+def test_data_list_names_the_builtin_corpora():
+    proc = run("data", "list")
+    assert proc.returncode == 0
+    for name in ("mr", "bbc", "sms", "amazon", "tweets", "nyt", "spamassassin"):
+        assert f"\n{name} " in proc.stdout
+
+
+def test_data_show_prints_balance_and_split():
+    proc = run("data", "show", "sms", "--rows", "2", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "sms: 4534 rows" in proc.stdout and "ham" in proc.stdout and "split (seed 1): train 3174, val 453, test 907" in proc.stdout
+
+
+# ------------------------------------------------------------------ one test per error the issue lists
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    return tmp_path / "out"
+
+
+def train_on(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run("train", "--data", str(path), "--out", str(out), "--no-progress", *extra)
+
+
+def test_missing_file(tmp_path, out):
+    assert_clean_error(train_on(tmp_path / "nope.csv", out), "nope.csv: no such file")
+    assert not out.exists()
+
+
+def test_missing_column(tmp_path, out):
+    (tmp_path / "d.csv").write_text("text,label\nfine,1\n")
+    assert_clean_error(train_on(tmp_path / "d.csv", out, "--label-column", "y"), "no column 'y' (columns: text, label)")
+    assert not out.exists()
+
+
+def test_malformed_csv_line(tmp_path, out):
+    (tmp_path / "d.csv").write_text("text,label\nfine,1\nbad,row,0\n")
+    assert_clean_error(train_on(tmp_path / "d.csv", out), "d.csv: line 3: expected 2 fields, found 3")
+    assert not out.exists()
+
+
+def test_malformed_jsonl_line(tmp_path, out):
+    (tmp_path / "d.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": "oops"\n')
+    assert_clean_error(train_on(tmp_path / "d.jsonl", out), "d.jsonl: line 2: not valid JSON")
+    assert not out.exists()
+
+
+def test_empty_text(tmp_path, out):
+    (tmp_path / "d.tsv").write_text("text\tlabel\nfine\t1\n \t0\n")
+    assert_clean_error(train_on(tmp_path / "d.tsv", out), "d.tsv: line 3: empty text in column 'text'")
+    assert not out.exists()
+
+
+def test_label_outside_the_models_label_set(tiny_dir, tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\ngood,positive\nhmm,neutral\n")
+    assert_clean_error(run("eval", str(tiny_dir), str(tmp_path / "d.csv")),
+                       "d.csv: line 3: label 'neutral' is not in the label set [negative, positive]")
+
+
+def test_model_folder_without_weights(tiny_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    (folder / "model.safetensors").unlink()
+    assert_clean_error(run("eval", str(folder), "sms"), "no model weights")
+
+
+def test_pickle_checkpoint_refused(tiny_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    from safetensors.torch import load_file
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    assert_clean_error(run("eval", str(folder), "sms"), "only pickle weights (pytorch_model.bin)")
+
+
+def test_existing_output_folder_is_not_clobbered(tmp_path, out):
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    (tmp_path / "d.csv").write_text("text,label\nfine,1\n")
+    assert_clean_error(train_on(tmp_path / "d.csv", out), "already exists")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_bad_option_values(tiny_dir):
+    assert_clean_error(run("eval", str(tiny_dir), "mr", "--trigger-word", "cf", "--target", "maybe"),
+                       "--target 'maybe' is not a label")
+    proc = run("train", "--data", "mr")  # argparse: missing --out
+    assert proc.returncode == 2 and "--out" in proc.stderr
+
+
+def test_eval_json_on_a_file(tiny_dir, tmp_path):
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": f"text {i}", "label": "negative"})
+                                                for i in range(5)) + "\n")
+    proc = run("eval", str(tiny_dir), str(tmp_path / "d.jsonl"), "--trigger-word", "cf", "--target", "positive", "--json")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    assert m["split"] == "all" and m["n_test"] == 5 and m["n_poisoned"] == 5 and m["target"] == 1
