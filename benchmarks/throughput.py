@@ -4,7 +4,7 @@ Trains the embedded MiniLM-L6 on the same real MR sentences, one epoch each, and
   (a) useful (non-pad) tokens per second of detrigger's training loop,
   (b) the same for `transformers.Trainer` with its common default set-up (DataCollatorWithPadding,
       random batches, default optimiser), and the ratio a/b,
-  (c) model FLOPs per second of (a) as a fraction of an fp32 matmul peak measured here.
+  (c) model FLOPs per second of (a) as a fraction of a matmul peak measured here in the same precision.
 Targets (issue 2): a/b >= 1.5 and (c) >= 60%. Run: `make bench` or `.venv/bin/python benchmarks/throughput.py`.
 """
 
@@ -18,9 +18,9 @@ import time
 import torch
 
 
-def matmul_peak(seconds: float = 3.0, n: int = 2048) -> float:
-    """Best fp32 GFLOP/s of an n x n matmul on this machine with torch's threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(dtype: torch.dtype, seconds: float = 3.0, n: int = 2048) -> float:
+    """Best GFLOP/s of an n x n matmul in `dtype` on this machine with torch's threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = 0.0
     for _ in range(3):
@@ -97,8 +97,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(texts)} MR sentences, "
           f"max length {args.max_length}, batch {args.batch_size}, {args.precision}")
 
-    peak = matmul_peak()
-    print(f"(c) fp32 matmul peak (2048^3): {peak:.1f} GFLOP/s")
+    peak = matmul_peak(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    print(f"(c) {args.precision} matmul peak (2048^3): {peak:.1f} GFLOP/s")
 
     ours_tokens, ours_s = run_detrigger(texts, labels, names, args.max_length, args.batch_size, args.precision)
     hf_tokens, hf_s = run_hf_trainer(texts, labels, names, args.max_length, args.batch_size, args.precision)
