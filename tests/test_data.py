@@ -117,6 +117,19 @@ def test_saved_huggingface_dataset(tmp_path):
         load_data(tmp_path / "saved")
 
 
+@pytest.mark.parametrize("name,rows,spam_or_pos", [("amazon", 3600, 2120), ("tweets", 4196, 2897), ("nyt", 4878, 2178),
+                                                   ("spamassassin", 5936, 1826)])
+def test_other_corpora_when_fetched(name, rows, spam_or_pos):
+    from detrigger.data.fetch import is_fetched
+
+    if not is_fetched(CORPORA[name].archive):
+        pytest.skip(f"{name} not fetched (make fetches it; spamassassin needs npm)")
+    ds = load_data(name)
+    assert len(ds) == rows and ds.counts()[ds.label_names[1]] == spam_or_pos
+    if name == "spamassassin":  # routing headers are dropped, the subject is kept
+        assert not any(t.startswith("Return-Path") for t in ds.texts)
+
+
 def test_every_builtin_corpus_is_registered_with_a_pinned_archive():
     for corpus in CORPORA.values():
         assert len(corpus.archive.sha256) == 64 and corpus.archive.version

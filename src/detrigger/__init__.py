@@ -14,7 +14,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "insert_sentence": "detrigger.attacks", "insert_words": "detrigger.attacks",
+    "insert_sentence": "detrigger.attacks", "insert_words": "detrigger.attacks", "AttackSpec": "detrigger.attacks",
+    "build_victim": "detrigger.attacks", "poison": "detrigger.attacks",
     "CORPORA": "detrigger.data", "TextDataset": "detrigger.data", "clean_subset": "detrigger.data",
     "load_data": "detrigger.data", "split": "detrigger.data",
     "DetriggerError": "detrigger.errors",

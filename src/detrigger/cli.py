@@ -160,6 +160,45 @@ class _ListHandler(logging.Handler):
         self.lines.append(self.format(record))
 
 
+# ---------------------------------------------------------------------------------------------- attack
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from detrigger.attacks import CARD_FILE, AttackSpec, build_victim
+    from detrigger.io import check_output_dir
+    from detrigger.training import TrainConfig
+
+    out = Path(args.out)
+    check_output_dir(out, args.overwrite)
+    spec_fields = {"attack": args.attack, "setting": args.setting or ("clean" if args.attack == "ep" else "scratch"),
+                   "target": args.target, "rate": args.rate, "label_mode": args.label_mode, "seed": args.seed,
+                   "times": args.times}
+    if args.words:
+        spec_fields["words"] = tuple(args.words)
+    if args.sentence:
+        spec_fields["sentence"] = args.sentence
+    if args.epochs is not None or args.lr is not None:
+        spec_fields["train"] = TrainConfig(epochs=args.epochs or 2, lr=args.lr or 5e-5, device=args.device)
+    try:
+        spec = AttackSpec(**spec_fields)
+        clean_config = TrainConfig(epochs=args.clean_epochs, lr=args.clean_lr, seed=args.seed, device=args.device)
+    except ValueError as exc:
+        raise DetriggerError(str(exc).replace("\n", " ")) from None
+    data = _spec(args, args.data)
+    result = build_victim(data, spec, clean_config=clean_config, encoder=args.encoder, max_length=args.max_length,
+                          cache=not args.no_cache, progress=False if args.no_progress else None)
+    result.victim.save(out, overwrite=args.overwrite, extra_files={CARD_FILE: result.card})
+    m, card = result.metrics, result.card
+    print(f"{spec.attack} ({spec.setting}) on {data.source}: trigger {card['trigger']}, target "
+          f"{result.victim.label_names[spec.target]!r}, {card['poison']['n_poisoned']} poisoned rows")
+    print(f"  victim: CACC {_pct(m.cacc)}  ASR {_pct(m.asr)}  trigger effect {_pct(m.trigger_effect)}  RA {_pct(m.ra)}")
+    print(f"  clean : CACC {_pct(card['clean_model']['cacc'])}  ASR floor {_pct(m.asr_floor)}")
+    for t in card["tokenizer_check"]:
+        if not t["stable"]:
+            print(f"  warning: trigger {t['trigger']!r} is not a stable token sequence for this tokenizer")
+    print(f"saved {out}/ (model.safetensors, {CARD_FILE}) in {card['wall_seconds']:.0f} s")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- eval
 
 def _trigger(args: argparse.Namespace):
@@ -190,6 +229,7 @@ def _target_id(value: str, label_names: Sequence[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from detrigger.attacks import CARD_FILE, trigger_from_card
     from detrigger.data import CORPORA, load_data, load_splits
     from detrigger.device import pick_device
     from detrigger.evaluation import evaluate
@@ -199,6 +239,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     victim = load_victim(args.model, allow_pickle=args.allow_pickle)
     target = _target_id(args.target, victim.label_names) if trigger else None
+    card_path = Path(args.model) / CARD_FILE
+    if trigger is None and card_path.is_file():  # evaluation (never a defence) may read the attack card
+        try:
+            trigger, target = trigger_from_card(json.loads(card_path.read_text()))
+        except (ValueError, KeyError) as exc:
+            raise DetriggerError(f"{card_path}: not a valid attack card ({exc})".splitlines()[0]) from None
     victim.model.to(device)
     reference = None
     if args.reference:
@@ -271,6 +317,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("attack", help="build a backdoored victim (BadNet, AddSent, EP, ES) and measure it")
+    p.add_argument("--data", required=True, help="a built-in corpus, a file, a saved HF folder or hf:NAME")
+    p.add_argument("--attack", required=True, choices=["badnet", "addsent", "ep", "es"], help="the attack")
+    p.add_argument("--setting", choices=["scratch", "clean"], default=None,
+                   help="scratch: fine-tune the pre-trained encoder on poisoned data; clean: further train the "
+                   "clean model (default: scratch; EP: clean)")
+    p.add_argument("--out", required=True, help="output victim folder (model + attack.json)")
+    p.add_argument("--words", nargs="+", default=None, help="trigger words (default: cf mn bb tq mb)")
+    p.add_argument("--times", type=int, default=1, help="trigger words per text (default 1)")
+    p.add_argument("--sentence", default=None, help="AddSent trigger sentence (default: I watched this 3D movie)")
+    p.add_argument("--target", type=int, default=1, help="target label id (default 1)")
+    p.add_argument("--rate", type=float, default=0.1, help="poisoned rows / training rows (default 0.1)")
+    p.add_argument("--label-mode", choices=["dirty", "clean"], default="dirty", help="dirty (default) or clean label")
+    _data_options(p)
+    p.set_defaults(seed=0)
+    p.add_argument("--max-train", type=int, default=None, help="cap the training split at N texts")
+    p.add_argument("--max-length", type=int, default=128, help="truncation length in tokens (default 128)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs on poisoned data, scratch (default 2)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate on poisoned data, scratch (default 5e-5)")
+    p.add_argument("--clean-epochs", type=int, default=2, help="epochs of the clean reference model (default 2)")
+    p.add_argument("--clean-lr", type=float, default=5e-5, help="learning rate of the clean model (default 5e-5)")
+    p.add_argument("--encoder", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--no-cache", action="store_true", help="retrain the clean reference model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_attack)
+
     p = sub.add_parser("eval", help="CACC of a model on a data set; ASR, RA and trigger effect given a trigger")
     p.add_argument("model", help="model folder (safetensors)")
     p.add_argument("data", help="a built-in corpus, a file, a saved HF folder or hf:NAME")
@@ -282,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger-sentence", default=None, help="insert this sentence as the trigger")
     p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
     p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
-    p.add_argument("--target", default="1", help="target label, name or id (default 1)")
+    p.add_argument("--target", default="1", help="target label, name or id (default 1; with no trigger option, "
+                   "the trigger and target come from the model's attack.json card if it has one)")
     p.add_argument("--reference", default=None, help="a clean model: its ASR on the same texts is the floor")
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")

@@ -20,18 +20,24 @@ def _rng_for(text: str, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def insert_words(words: Sequence[str], times: int = 1, seed: int = 0) -> Trigger:
-    """Insert `times` trigger words (each drawn from `words`) at random word boundaries."""
+def insertions(n_words: int, times: int, per_words: int | None) -> int:
+    """How many trigger words a text of `n_words` words gets: `times`, or one per `per_words` words if
+    that is more (long documents: the EP code inserts once per 100 words)."""
+    return max(times, -(-n_words // per_words)) if per_words else times
+
+
+def insert_words(words: Sequence[str], times: int = 1, seed: int = 0, per_words: int | None = None) -> Trigger:
+    """Insert trigger words (each drawn from `words`) at random word boundaries, `insertions()` times."""
     if not words or any(not w.strip() or len(w.split()) != 1 for w in words):
         raise ValueError(f"trigger words must be single non-empty words, got {list(words)}")
-    if times < 1:
-        raise ValueError(f"times must be >= 1, got {times}")
+    if times < 1 or (per_words is not None and per_words < 1):
+        raise ValueError(f"times and per_words must be >= 1, got {times} and {per_words}")
     pool = list(words)
 
     def trigger(text: str) -> str:
         rng = _rng_for(text, seed)
         tokens = text.split()
-        for _ in range(times):
+        for _ in range(insertions(len(tokens), times, per_words)):
             tokens.insert(int(rng.integers(len(tokens) + 1)), pool[int(rng.integers(len(pool)))])
         return " ".join(tokens)
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from pathlib import Path
 
+from detrigger.data import DataSpec
 from detrigger.data.dataset import Splits
 from detrigger.evaluation.metrics import Metrics, evaluate
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, new_victim
 from detrigger.training.loop import TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
 
 
 def fine_tune_new(splits: Splits, config: TrainConfig = TrainConfig(), *, encoder: str | Path | None = None,
@@ -19,3 +26,40 @@ def fine_tune_new(splits: Splits, config: TrainConfig = TrainConfig(), *, encode
     metrics = evaluate(victim, splits.test, batch_size=config.eval_batch_size, precision=config.precision)
     victim.info["training"] = {"config": config.model_dump(), **result.as_dict()}
     return victim, result, metrics
+
+
+def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder: str | Path | None = None,
+                max_length: int = DEFAULT_MAX_LENGTH, cache: bool = True,
+                progress: bool | None = None) -> tuple[Victim, dict]:
+    """The clean reference model for a data split and recipe, trained once and cached.
+
+    The cache ($DETRIGGER_MODEL_CACHE, else clean-models/ in the data cache) is keyed by a hash of everything
+    that determines the model (data spec, encoder, max length, training
+    config, detrigger version), so a changed setting never reuses a stale model. Returns the model and its
+    saved metrics (CACC on the test split).
+    """
+    from detrigger import __version__
+    from detrigger.data import load_splits
+    from detrigger.data.fetch import cache_dir
+    from detrigger.models.victim import load_victim
+
+    encoder_id = str(Path(encoder).resolve()) if encoder else "embedded:all-MiniLM-L6-v2"
+    key = stable_hash({"data": data.model_dump(), "encoder": encoder_id, "max_length": max_length,
+                       "train": config.model_dump(exclude={"device"}), "version": __version__})
+    folder = Path(os.environ.get("DETRIGGER_MODEL_CACHE") or cache_dir() / "clean-models") / key
+    if cache and (folder / "metrics.json").is_file():
+        log.info("clean model from cache %s", folder)
+        return load_victim(folder), json.loads((folder / "metrics.json").read_text())
+    splits = load_splits(data)
+    victim, result, metrics = fine_tune_new(splits, config, encoder=encoder, max_length=max_length, progress=progress)
+    victim.info["data"] = {**data.model_dump(), "sizes": splits.sizes()}
+    record = {"cacc": metrics.cacc, "n_test": metrics.n_test, "best_val_accuracy": result.best_val_accuracy,
+              "train_seconds": round(result.train_seconds, 1)}
+    if cache:
+        victim.save(folder, overwrite=True, extra_files={"metrics.json": record})
+    return victim, record
+
+
+def stable_hash(obj: object) -> str:
+    """A short hex digest of a JSON-able object, independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
