@@ -15,7 +15,7 @@ CLI = str(Path(sys.executable).parent / "detrigger")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, message: str) -> None:
@@ -130,3 +130,30 @@ def test_eval_json_on_a_file(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout)
     assert m["split"] == "all" and m["n_test"] == 5 and m["n_poisoned"] == 5 and m["target"] == 1
+
+
+def test_attack_then_eval_reads_the_card(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETRIGGER_MODEL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "victim"
+    proc = run("attack", "--data", "mr", "--attack", "addsent", "--encoder", str(tiny_dir), "--max-train", "100",
+               "--val", "40", "--test", "60", "--epochs", "1", "--clean-epochs", "1", "--max-length", "48",
+               "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "addsent (scratch) on mr: trigger 'I watched this 3D movie'" in proc.stdout
+    card = json.loads((out / "attack.json").read_text())
+    assert card["poison"]["n_poisoned"] == 10 and card["attack"]["sentence"] == "I watched this 3D movie"
+    proc = run("eval", str(out), "mr", "--json")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    assert m["n_test"] == 60 and m["asr"] == pytest.approx(card["metrics"]["asr"])
+
+
+def test_attack_option_errors(tmp_path):
+    out = tmp_path / "v"
+    assert_clean_error(run("attack", "--data", "mr", "--attack", "ep", "--setting", "scratch", "--out", str(out)),
+                       "EP edits a clean fine-tuned model")
+    assert_clean_error(run("attack", "--data", "mr", "--attack", "badnet", "--rate", "1.5", "--out", str(out)),
+                       "rate")
+    assert not out.exists()
+    proc = run("attack", "--data", "mr", "--attack", "ripple", "--out", str(out))
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr

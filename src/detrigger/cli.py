@@ -199,6 +199,74 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- repair
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from detrigger.data import CORPORA, clean_subset, load_data, load_splits
+    from detrigger.defenses import DEFENCES, repair
+    from detrigger.device import pick_device
+    from detrigger.io import check_output_dir
+    from detrigger.models import load_victim
+
+    out = Path(args.out)
+    check_output_dir(out, args.overwrite)
+    if (args.clean_fraction is None) == (args.clean_count is None):
+        raise DetriggerError("give exactly one of --clean-fraction and --clean-count")
+    config = _repair_config(args, [m for m in args.method.split("+")], DEFENCES)
+    victim = load_victim(args.victim, allow_pickle=args.allow_pickle)
+    victim.model.to(pick_device(args.device))
+    if args.clean in CORPORA:  # the training split the victim was built from; never its test split
+        pool = load_splits(_spec(args, args.clean, victim.info.get("data")), label_names=victim.label_names).train
+    else:
+        pool = load_data(args.clean, text_column=args.text_column, label_column=args.label_column,
+                         label_names=victim.label_names)
+    seed = args.seed if args.seed is not None else 0
+    clean = clean_subset(pool, fraction=args.clean_fraction, count=args.clean_count, seed=seed)
+    fraction = len(clean) / len(pool)
+    print(f"{args.method}: {len(clean)} clean texts ({100 * fraction:.1f}% of {len(pool)} in {args.clean})")
+    result = repair(victim, clean, method=args.method, reference=args.reference, config=config,
+                    clean_fraction=fraction)
+    report = {**result.report.as_dict(), "repaired_from": str(Path(args.victim).resolve()), "clean_data": args.clean}
+    result.victim.save(out, overwrite=args.overwrite, extra_files={"repair.json": report})
+    for step, details in result.report.details.items():
+        summary = {k: v for k, v in details.items() if k in ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows")}
+        if "flagged" in details:
+            summary["flagged"] = " ".join(t["token"] for t in details["flagged"][:10])
+        if "train" in details:
+            summary["best_val_accuracy"] = details["train"]["best_val_accuracy"]
+        print(f"  {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    print(f"saved {out}/ (model.safetensors, repair.json) in {result.report.seconds:.0f} s, "
+          f"peak memory {result.report.peak_memory_mb:.0f} MB")
+    return 0
+
+
+def _repair_config(args: argparse.Namespace, steps: list[str], defences: dict) -> dict:
+    """Per-step config dicts from --config FILE and the option shortcuts (each applied where the step has it)."""
+    given: dict = {}
+    if args.config:
+        try:
+            given = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DetriggerError(f"{args.config}: cannot read the config ({exc})") from None
+        if not isinstance(given, dict):
+            raise DetriggerError(f"{args.config}: expected a JSON object")
+        if len(steps) == 1 and steps[0] not in given:
+            given = {steps[0]: given}
+    shortcuts = {"rho": args.rho, "mask": args.mask, "top_n": args.top_n, "seed": args.seed}
+    train = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("device", args.device)) if v is not None}
+    config = {}
+    for step in steps:
+        if step not in defences:
+            continue  # repair() names the unknown defence
+        fields = defences[step].config.model_fields
+        cfg = dict(given.get(step, {}))
+        cfg.update({k: v for k, v in shortcuts.items() if v is not None and k in fields})
+        if train:
+            cfg["train"] = {**cfg.get("train", {}), **train}
+        config[step] = cfg
+    return config if len(steps) > 1 else config.get(steps[0], {})
+
+
 # ---------------------------------------------------------------------------------------------- eval
 
 def _trigger(args: argparse.Namespace):
@@ -228,8 +296,20 @@ def _target_id(value: str, label_names: Sequence[str]) -> int:
     return target
 
 
+def _card_path(model: Path) -> Path:
+    """The model's attack card, or, for a repaired model, the card of the victim it was repaired from."""
+    from detrigger.attacks import CARD_FILE
+
+    if (model / CARD_FILE).is_file() or not (model / "repair.json").is_file():
+        return model / CARD_FILE
+    try:
+        return Path(json.loads((model / "repair.json").read_text())["repaired_from"]) / CARD_FILE
+    except (json.JSONDecodeError, KeyError):
+        return model / CARD_FILE
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detrigger.attacks import CARD_FILE, trigger_from_card
+    from detrigger.attacks import trigger_from_card
     from detrigger.data import CORPORA, load_data, load_splits
     from detrigger.device import pick_device
     from detrigger.evaluation import evaluate
@@ -239,7 +319,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     victim = load_victim(args.model, allow_pickle=args.allow_pickle)
     target = _target_id(args.target, victim.label_names) if trigger else None
-    card_path = Path(args.model) / CARD_FILE
+    card_path = _card_path(Path(args.model))
     if trigger is None and card_path.is_file():  # evaluation (never a defence) may read the attack card
         try:
             trigger, target = trigger_from_card(json.loads(card_path.read_text()))
@@ -344,6 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (ft, retrain, mixing, "
+                       "finemixing, epur; pipelines like epur+finemixing)")
+    p.add_argument("victim", help="suspect model folder (safetensors)")
+    p.add_argument("--method", required=True, help="ft, retrain, mixing, finemixing or epur, or a pipeline joined by + (epur+finemixing)")
+    p.add_argument("--clean", required=True, help="clean data: a built-in corpus (its training split) or a file")
+    p.add_argument("--clean-fraction", type=float, default=None, help="share of the clean data to use, e.g. 0.2")
+    p.add_argument("--clean-count", type=int, default=None, help="number of clean texts to use")
+    p.add_argument("--reference", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
+    p.add_argument("--out", required=True, help="output folder (model + repair.json)")
+    p.add_argument("--config", default=None, help="JSON file with the defence config (keyed by step for pipelines)")
+    p.add_argument("--rho", type=float, default=None, help="mixing: kept fraction (default: chosen on clean data)")
+    p.add_argument("--mask", choices=["random", "top", "bottom"], default=None, help="mixing mask (default random)")
+    p.add_argument("--top-n", type=int, default=None, help="epur: rows to reset (default 200)")
+    p.add_argument("--epochs", type=int, default=None, help="clean fine-tuning epochs (default 3)")
+    p.add_argument("--lr", type=float, default=None, help="clean fine-tuning learning rate (default 5e-5)")
+    _data_options(p)
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (trusted files only)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("eval", help="CACC of a model on a data set; ASR, RA and trigger effect given a trigger")
     p.add_argument("model", help="model folder (safetensors)")

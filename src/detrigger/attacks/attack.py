@@ -54,9 +54,13 @@ class AttackSpec(BaseModel):
     seed: int = Field(0, description="poison selection, insertion positions, training")
     train: TrainConfig = Field(TrainConfig(epochs=2, lr=5e-5),
                                description="fine-tuning on poisoned data (scratch; and ES)")
-    clean_train: TrainConfig = Field(TrainConfig(epochs=1, lr=2e-5),
+    # 1 epoch at lr 2e-5 from the clean MR model reached only 49% ASR (BadNet): the clean setting uses the
+    # scratch recipe too (docs/attacks.md).
+    clean_train: TrainConfig = Field(TrainConfig(epochs=2, lr=5e-5),
                                      description="further training of the clean model (clean setting)")
-    ep_train: TrainConfig = Field(TrainConfig(epochs=3, lr=5e-2, optimizer="sgd", weight_decay=0.0,
+    # EP's lr departs from the paper's 5e-2: with a batch-mean loss the trigger row's gradient is small, and
+    # 5e-2 x 3 epochs reached only 47% ASR on MR; 1.0 reached 100% (docs/attacks.md).
+    ep_train: TrainConfig = Field(TrainConfig(epochs=3, lr=1.0, optimizer="sgd", weight_decay=0.0,
                                               warmup_ratio=0.0, max_grad_norm=None, select_best=False),
                                   description="EP: SGD on the trigger rows only")
     es_words: int = Field(10, ge=1, description="ES: target-indicative words averaged into the trigger rows")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir, write_json
@@ -145,6 +145,16 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
     names = meta.get("label_names") or [config.id2label[i] for i in range(config.num_labels)]
     return Victim(model.eval(), _load_tokenizer(path), tuple(names),
                   int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}))
+
+
+def load_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The base-model tensors of a pre-trained encoder folder (keys without the task prefix, e.g.
+    `embeddings.word_embeddings.weight`), for mixing and embedding purification. Safetensors only."""
+    path = Path(path)
+    _check_folder(path, allow_pickle=False)
+    with _quiet_transformers():
+        model = AutoModel.from_pretrained(path)
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def new_victim(label_names: Sequence[str], *, encoder: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH,

@@ -1,0 +1,150 @@
+"""One verb for every defence: `repair(victim, clean, method=..., reference=..., config=...)`.
+
+A defence receives a copy of the suspect model, the defender's clean labelled subset and, for the
+methods that use one, the pre-trained reference encoder. It never receives the trigger, the target label,
+poison flags or the attack card: they are not arguments, and `load_victim` does not read `attack.json`.
+Model selection inside a defence uses a held-out part of the clean subset only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from detrigger.cost import measure
+from detrigger.data.dataset import Splits, TextDataset, split
+from detrigger.errors import DetriggerError
+from detrigger.models.victim import Victim, default_encoder_path
+from detrigger.training.loop import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class DefenceConfig(BaseModel):
+    """Settings every defence shares; each defence extends it. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: TrainConfig = Field(TrainConfig(epochs=3, lr=5e-5), description="fine-tuning on the clean subset")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="part of the clean subset held out for selection")
+    seed: int = Field(0, description="seeds the held-out split, masks and training")
+
+
+@dataclass
+class RepairReport:
+    """What a repair did and what it cost; `details` holds method-specific facts (chosen rho, reset tokens...)."""
+
+    method: str
+    config: dict[str, Any]
+    clean_count: int
+    clean_fraction: float | None
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RepairResult:
+    victim: Victim
+    report: RepairReport
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a defence may use: the clean subset split into train/validation, and the reference encoder."""
+
+    clean: Splits
+    reference: Path | None
+
+
+# A defence: (suspect victim copy, context, config) -> (repaired victim, details)
+DefenceFn = Callable[[Victim, Context, Any], tuple[Victim, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Defence:
+    name: str
+    fn: DefenceFn
+    config: type[DefenceConfig]
+    needs_reference: bool
+    summary: str
+
+
+DEFENCES: dict[str, Defence] = {}
+
+
+def register(name: str, config: type[DefenceConfig], needs_reference: bool, summary: str) -> Callable[[DefenceFn], DefenceFn]:
+    def wrap(fn: DefenceFn) -> DefenceFn:
+        DEFENCES[name] = Defence(name, fn, config, needs_reference, summary)
+        return fn
+    return wrap
+
+
+def clean_splits(clean: TextDataset, val_fraction: float, seed: int) -> Splits:
+    """The defender's clean subset, split into a training part and a held-out validation part."""
+    return split(clean, val=val_fraction, test=0, seed=seed)
+
+
+def repair(victim: Victim, clean: TextDataset, *, method: str, reference: str | Path | None = None,
+           config: DefenceConfig | dict[str, Any] | None = None, clean_fraction: float | None = None) -> RepairResult:
+    """Repair a copy of `victim` with `method`; the original is left untouched.
+
+    `method` is one defence or a pipeline joined by `+` (e.g. `epur+finemixing`: purify the embeddings,
+    then fine-mix); a pipeline's `config` is a dict keyed by step. `reference` is the pre-trained encoder
+    folder (default: the embedded MiniLM) for the methods that use one. `clean_fraction` (what share of
+    the task's training data `clean` is) is only recorded.
+    """
+    steps = method.split("+")
+    unknown = [m for m in steps if m not in DEFENCES]
+    if unknown:
+        raise DetriggerError(f"unknown defence {unknown[0]!r} (available: {', '.join(DEFENCES)})")
+    configs = _step_configs(steps, config)
+    if clean.label_names != victim.label_names:
+        raise DetriggerError(f"clean data labels [{', '.join(clean.label_names)}] differ from the model's "
+                             f"[{', '.join(victim.label_names)}]")
+    needs_ref = any(DEFENCES[m].needs_reference for m in steps)
+    ref = Path(reference) if reference else (default_encoder_path() if needs_ref else None)
+    first = configs[0]
+    context = Context(clean_splits(clean, first.val_fraction, first.seed), ref)
+    report = RepairReport(method, {m: c.model_dump(mode="json") for m, c in zip(steps, configs)}, len(clean),
+                          clean_fraction)
+    repaired = copy.deepcopy(victim)
+    with measure(victim.device) as cost:
+        for name, cfg in zip(steps, configs):
+            repaired, details = DEFENCES[name].fn(repaired, context, cfg)
+            report.details[name] = details
+    report.seconds, report.peak_memory_mb = round(cost.seconds, 2), round(cost.peak_memory_mb, 1)
+    repaired.info["repair"] = {"method": method, "seconds": report.seconds}
+    log.info("%s: done in %.0f s", method, cost.seconds)
+    return RepairResult(repaired, report)
+
+
+def _step_configs(steps: list[str], config: DefenceConfig | dict[str, Any] | None) -> list[DefenceConfig]:
+    """Typed config per step: a config object or dict for one defence; for a pipeline, a dict keyed by step."""
+    if len(steps) > 1:
+        given = config or {}
+        if not isinstance(given, dict) or set(given) - set(steps):
+            raise DetriggerError(f"a pipeline's config is a dict keyed by its steps ({', '.join(steps)})")
+        per_step: list[Any] = [given.get(m) for m in steps]
+    else:
+        per_step = [config]
+    out = []
+    for name, cfg in zip(steps, per_step):
+        cls = DEFENCES[name].config
+        if isinstance(cfg, DefenceConfig):
+            out.append(cfg)
+            continue
+        try:
+            out.append(cls(**(cfg or {})))
+        except ValueError as exc:
+            raise DetriggerError(f"{name} config: {exc}".replace("\n", " ")) from None
+    return out

@@ -1,0 +1,59 @@
+"""E-PUR, embedding purification (Zhang et al., Fine-mixing paper).
+
+Score every vocabulary token k by s_k = ||e_B[k] - e_P[k]||_2 / log(max(f_k, floor)), where f_k is how often
+the token occurs in the defender's clean text (tokenised with the model's own tokenizer): a trigger's row
+moved a lot although the token is rare. Reset the top-N rows to the pre-trained embeddings. Compose it in
+front of another defence with a pipeline (`epur+finemixing`). The floor (20) and N (200) are the paper's
+order of magnitude; both are options.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from detrigger.batching import encode
+from detrigger.defenses.base import Context, DefenceConfig, register
+from detrigger.models.victim import Victim, load_encoder_state
+
+EMBEDDINGS = "embeddings.word_embeddings.weight"
+
+
+class EpurConfig(DefenceConfig):
+    top_n: int = Field(200, ge=1, description="rows reset to the pre-trained embeddings")
+    freq_floor: int = Field(20, ge=2, description="frequencies below this count as this (keeps log > 0)")
+    report: int = Field(20, ge=0, description="flagged tokens listed in the report")
+
+
+def epur_scores(victim: Victim, reference: dict[str, torch.Tensor], texts: list[str], freq_floor: int = 20) -> torch.Tensor:
+    """s_k for every row of the input embedding matrix."""
+    e_b = victim.model.get_input_embeddings().weight.detach().cpu()
+    e_p = reference[EMBEDDINGS].to(e_b.dtype)
+    if e_p.shape != e_b.shape:
+        raise ValueError(f"reference embeddings {tuple(e_p.shape)} do not match the model's {tuple(e_b.shape)}")
+    counts: Counter[int] = Counter()
+    for ids in encode(victim.tokenizer, texts, victim.max_length):
+        counts.update(ids)
+    freq = torch.full((e_b.shape[0],), float(freq_floor))
+    for token, n in counts.items():
+        freq[token] = max(n, freq_floor)
+    return (e_b - e_p).norm(dim=1) / torch.log(freq)
+
+
+@register("epur", EpurConfig, needs_reference=True,
+          summary="reset the embedding rows that moved most for their clean-text frequency")
+def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, dict[str, Any]]:
+    assert context.reference is not None
+    reference = load_encoder_state(context.reference)
+    texts = list(context.clean.train.texts) + list(context.clean.val.texts)
+    scores = epur_scores(victim, reference, texts, config.freq_floor)
+    top = torch.topk(scores, min(config.top_n, len(scores))).indices
+    emb = victim.model.get_input_embeddings().weight
+    with torch.no_grad():
+        emb[top.to(emb.device)] = reference[EMBEDDINGS][top].to(emb.device, emb.dtype)
+    tokens = victim.tokenizer.convert_ids_to_tokens(top[:config.report].tolist())
+    flagged = [{"token": t, "id": int(i), "score": round(float(scores[i]), 4)} for t, i in zip(tokens, top[:config.report])]
+    return victim, {"reset_rows": len(top), "flagged": flagged, "score_threshold": float(scores[top[-1]])}

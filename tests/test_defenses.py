@@ -1,0 +1,140 @@
+"""Defences: the repair verb, exact mixing, E-PUR's ranking, and that nothing reads the attack."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+import torch
+
+from detrigger import DetriggerError, TrainConfig, load_victim
+from detrigger.attacks.embedding import embedding_poison, trigger_token_ids
+from detrigger.attacks.poison import triggered_copies
+from detrigger.attacks.triggers import insert_words
+from detrigger.defenses import DEFENCES, repair
+from detrigger.defenses.epur import epur_scores
+from detrigger.defenses.mixing import mix_weights
+from detrigger.models.victim import load_encoder_state
+from detrigger.training import train
+
+from conftest import tiny_victim, toy_sentiment
+
+QUICK = {"train": TrainConfig(epochs=1, lr=1e-3, batch_size=8)}
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    """A 'pre-trained' tiny encoder folder, and the suspect models below start from it."""
+    return tiny_victim(seed=7).save(tmp_path_factory.mktemp("ref") / "encoder")
+
+
+def suspect(reference_dir):
+    """The reference, fine-tuned on toy data: every base tensor differs from the reference."""
+    victim = load_victim(reference_dir)
+    train(victim, toy_sentiment(64), None, TrainConfig(epochs=2, lr=1e-3, batch_size=8), progress=False)
+    return victim
+
+
+def base_state(victim):
+    return {k: v.clone() for k, v in victim.model.base_model.state_dict().items()}
+
+
+def test_mixing_rho_one_is_the_suspect_and_rho_zero_the_reference_exactly(reference_dir):
+    ref = load_encoder_state(reference_dir)
+    victim = suspect(reference_dir)
+    before = base_state(victim)
+    mix_weights(victim, ref, 1.0, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in base_state(victim).items())
+    mix_weights(victim, ref, 0.0, seed=0)
+    after = base_state(victim)
+    assert all(torch.equal(after[k], ref[k]) for k in after if after[k].is_floating_point())
+
+
+@pytest.mark.parametrize("mask", ["random", "top", "bottom"])
+def test_mask_keeps_exactly_rho_of_each_tensor(mask):
+    victim = tiny_victim()
+    before = base_state(victim)
+    torch.manual_seed(0)  # every element differs from the reference, by distinct amounts
+    ref = {k: v + 0.1 + torch.rand_like(v) if v.is_floating_point() else v for k, v in before.items()}
+    mix_weights(victim, ref, 0.3, mask=mask, seed=1)
+    for name, w in base_state(victim).items():
+        if not w.is_floating_point():
+            continue
+        kept = w == before[name]
+        assert int(kept.sum()) == int(round(0.3 * w.numel())), name
+        assert torch.equal(w[~kept], ref[name][~kept])
+        change = (before[name] - ref[name]).abs()
+        if mask == "top" and kept.any():
+            assert change[kept].min() >= change[~kept].max()
+        if mask == "bottom" and kept.any():
+            assert change[kept].max() <= change[~kept].min()
+
+
+def test_random_mask_is_seeded(reference_dir):
+    ref = load_encoder_state(reference_dir)
+    a, b, c = tiny_victim(), tiny_victim(), tiny_victim()
+    for victim, seed in ((a, 3), (b, 3), (c, 4)):
+        mix_weights(victim, ref, 0.5, seed=seed)
+    sa, sb, sc = base_state(a), base_state(b), base_state(c)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_epur_ranks_an_ep_trigger_first(reference_dir, mr):
+    victim = suspect(reference_dir)
+    data = triggered_copies(toy_sentiment(64), insert_words(["cf"]), target=1, count=32)
+    embedding_poison(victim, data, ["cf"], TrainConfig(epochs=3, lr=5.0, batch_size=8, optimizer="sgd",
+                     weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None, select_best=False), progress=False)
+    scores = epur_scores(victim, load_encoder_state(reference_dir), list(mr.texts[:500]))
+    assert int(scores.argmax()) == trigger_token_ids(victim, ["cf"])[0]
+    result = repair(victim, mr.select(range(300)), method="epur", reference=reference_dir, config={"top_n": 5})
+    assert result.report.details["epur"]["flagged"][0]["token"] == "cf"
+    emb = result.victim.model.get_input_embeddings().weight
+    ref = load_encoder_state(reference_dir)["embeddings.word_embeddings.weight"]
+    assert torch.equal(emb[trigger_token_ids(victim, ["cf"])[0]], ref[trigger_token_ids(victim, ["cf"])[0]])
+
+
+def test_finemixing_chooses_rho_on_held_out_clean_accuracy_and_reports_the_curve(reference_dir):
+    victim = suspect(reference_dir)
+    before = base_state(victim)
+    result = repair(victim, toy_sentiment(80), method="finemixing", reference=reference_dir,
+                    config={**QUICK, "rho_grid": (0.2, 0.5), "full_curve": True})
+    d = result.report.details["finemixing"]
+    assert [p["rho"] for p in d["curve"]] == [0.2, 0.5] and d["rho"] in (0.2, 0.5)
+    assert result.report.clean_count == 80 and result.report.seconds > 0 and result.report.peak_memory_mb > 0
+    assert all(torch.equal(before[k], v) for k, v in base_state(victim).items())  # the input is untouched
+
+
+def test_pipeline_and_config_errors(reference_dir):
+    victim = suspect(reference_dir)
+    result = repair(victim, toy_sentiment(40), method="epur+ft", reference=reference_dir,
+                    config={"epur": {"top_n": 3}, "ft": QUICK})
+    assert set(result.report.details) == {"epur", "ft"}
+    with pytest.raises(DetriggerError, match="unknown defence 'nad'"):
+        repair(victim, toy_sentiment(40), method="nad")
+    with pytest.raises(DetriggerError, match="rhoo"):
+        repair(victim, toy_sentiment(40), method="mixing", config={"rhoo": 0.3})
+
+
+def test_defences_never_receive_the_attack():
+    """Structural: the verb and every defence take no trigger, target or card, and loading ignores the card."""
+    forbidden = {"trigger", "target", "card", "poison", "attack"}
+    assert not forbidden & set(inspect.signature(repair).parameters)
+    for defence in DEFENCES.values():
+        assert list(inspect.signature(defence.fn).parameters) == ["victim", "context", "config"]
+        assert not forbidden & set(defence.config.model_fields)
+
+
+def test_a_broken_attack_card_changes_nothing(tiny_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "v"
+    shutil.copytree(tiny_dir, folder)
+    results = []
+    for card in (None, "not json at all", json.dumps({"attack": {"attack": "badnet", "target": 0}})):
+        if card is not None:
+            (folder / "attack.json").write_text(card)
+        out = repair(load_victim(folder), toy_sentiment(40), method="ft", config=QUICK)
+        results.append({k: v.clone() for k, v in out.victim.model.state_dict().items()})
+    assert all(torch.equal(results[0][k], r[k]) for r in results[1:] for k in r)
