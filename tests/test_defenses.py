@@ -138,3 +138,25 @@ def test_a_broken_attack_card_changes_nothing(tiny_dir, tmp_path):
         out = repair(load_victim(folder), toy_sentiment(40), method="ft", config=QUICK)
         results.append({k: v.clone() for k, v in out.victim.model.state_dict().items()})
     assert all(torch.equal(results[0][k], r[k]) for r in results[1:] for k in r)
+
+
+def test_fine_pruning_prunes_dormant_neurons_and_keeps_them_pruned(mr):
+    from detrigger.defenses.pruning import apply_pruning, mean_activations, prune_masks
+
+    victim = tiny_victim()
+    acts = mean_activations(victim, list(mr.texts[:100]))
+    assert len(acts) == 2 and acts[0].shape == (64,)
+    masks = prune_masks(acts, 0.25)
+    assert [int(m.sum()) for m in masks] == [16, 16]
+    assert all(acts[i][masks[i]].max() <= acts[i][~masks[i]].min() for i in range(2))
+    apply_pruning(victim, masks)
+    after = mean_activations(victim, list(mr.texts[:100]))
+    assert all(torch.all(after[i][masks[i]] == 0) for i in range(2))
+
+    result = repair(tiny_victim(), toy_sentiment(60), method="finepruning",
+                    config={**QUICK, "ratios": (0.1, 0.5), "tolerance": 1.0})
+    d = result.report.details["finepruning"]
+    assert d["ratio"] == 0.5 and [p["ratio"] for p in d["curve"]] == [0.1, 0.5]  # tolerance 1.0: all pass
+    layer = result.victim.model.bert.encoder.layer[0]
+    pruned = layer.intermediate.dense.weight.abs().sum(dim=1) == 0
+    assert int(pruned.sum()) == 32 and torch.all(layer.output.dense.weight[:, pruned] == 0)

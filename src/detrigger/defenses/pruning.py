@@ -1,0 +1,110 @@
+"""Fine-pruning (Liu et al., RAID 2018) adapted to transformer FFNs.
+
+Record each FFN intermediate neuron's mean activation (post-GELU) on the clean subset; in every layer,
+zero the least active fraction (the neuron's input row and bias, and its output column, so it contributes
+exactly nothing); raise the fraction along `ratios` until held-out clean accuracy drops by more than
+`tolerance`, keep the last fraction that did not; then fine-tune with the pruned neurons held at zero.
+Departure from the paper (one CNN layer): every transformer layer is pruned, each by its own ranking.
+Selection uses held-out clean accuracy only, never ASR.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from detrigger.batching import bucketed_batches, collate, encode
+from detrigger.defenses.base import Context, DefenceConfig, register
+from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.models.victim import Victim
+from detrigger.training.loop import train
+
+log = logging.getLogger(__name__)
+
+
+class FinePruningConfig(DefenceConfig):
+    ratios: tuple[float, ...] = Field((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                                      description="pruned fractions per layer, tried in increasing order")
+    tolerance: float = Field(0.02, ge=0, description="allowed drop of held-out clean accuracy")
+
+
+def _ffn_layers(victim: Victim) -> list[torch.nn.Module]:
+    layers = getattr(getattr(victim.model.base_model, "encoder", None), "layer", None)
+    if layers is None or not all(hasattr(l, "intermediate") and hasattr(l, "output") for l in layers):
+        raise ValueError("fine-pruning supports BERT-style encoders (layer.intermediate / layer.output)")
+    return list(layers)
+
+
+@torch.no_grad()
+def mean_activations(victim: Victim, texts: list[str], batch_size: int = 64) -> list[torch.Tensor]:
+    """Per layer, each FFN neuron's mean post-GELU activation over the non-pad tokens of `texts`."""
+    layers = _ffn_layers(victim)
+    sums = [torch.zeros(l.intermediate.dense.out_features) for l in layers]
+    mask_holder: dict[str, torch.Tensor] = {}
+
+    def hook(i: int):
+        def fn(module, inputs, output):
+            m = mask_holder["mask"].unsqueeze(-1).to(output.dtype)
+            sums[i] += (output * m).sum(dim=(0, 1)).float().cpu()
+        return fn
+
+    handles = [l.intermediate.register_forward_hook(hook(i)) for i, l in enumerate(layers)]
+    victim.model.eval()
+    ids = encode(victim.tokenizer, texts, victim.max_length)
+    tokens = 0
+    try:
+        for batch in bucketed_batches([len(x) for x in ids], batch_size):
+            inputs = collate([ids[i] for i in batch], victim.tokenizer.pad_token_id, victim.device)
+            mask_holder["mask"] = inputs["attention_mask"]
+            tokens += int(inputs["attention_mask"].sum())
+            victim.model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / tokens for s in sums]
+
+
+def prune_masks(activations: list[torch.Tensor], ratio: float) -> list[torch.Tensor]:
+    """Per layer, True for the neurons to prune: the round(ratio * width) least active."""
+    masks = []
+    for act in activations:
+        mask = torch.zeros_like(act, dtype=torch.bool)
+        mask[torch.argsort(act)[: int(round(ratio * len(act)))]] = True
+        masks.append(mask)
+    return masks
+
+
+@torch.no_grad()
+def apply_pruning(victim: Victim, masks: list[torch.Tensor]) -> None:
+    for layer, mask in zip(_ffn_layers(victim), masks):
+        m = mask.to(layer.intermediate.dense.weight.device)
+        layer.intermediate.dense.weight[m] = 0
+        layer.intermediate.dense.bias[m] = 0
+        layer.output.dense.weight[:, m] = 0
+
+
+@register("finepruning", FinePruningConfig, needs_reference=False,
+          summary="prune FFN neurons dormant on clean data, then fine-tune")
+def finepruning(victim: Victim, context: Context, config: FinePruningConfig) -> tuple[Victim, dict[str, Any]]:
+    val = context.clean.val
+    activations = mean_activations(victim, list(context.clean.train.texts))
+    baseline = accuracy(predict(victim, val.texts), val.labels)
+    original = {k: v.clone() for k, v in victim.model.state_dict().items()}
+    curve, chosen = [], 0.0
+    for ratio in sorted(config.ratios):
+        apply_pruning(victim, prune_masks(activations, ratio))
+        acc = accuracy(predict(victim, val.texts), val.labels)
+        curve.append({"ratio": ratio, "val_accuracy": acc})
+        victim.model.load_state_dict(original)
+        if acc < baseline - config.tolerance:
+            break
+        chosen = ratio
+    log.info("fine-pruning: ratio %.2f chosen (suspect model held-out accuracy %.4f)", chosen, baseline)
+    masks = prune_masks(activations, chosen)
+    apply_pruning(victim, masks)
+    cfg = config.train.model_copy(update={"seed": config.seed})
+    result = train(victim, context.clean.train, context.clean.val, cfg, after_step=lambda: apply_pruning(victim, masks))
+    return victim, {"ratio": chosen, "suspect_val_accuracy": baseline, "curve": curve, "train": result.as_dict()}
