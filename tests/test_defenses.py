@@ -160,3 +160,15 @@ def test_fine_pruning_prunes_dormant_neurons_and_keeps_them_pruned(mr):
     layer = result.victim.model.bert.encoder.layer[0]
     pruned = layer.intermediate.dense.weight.abs().sum(dim=1) == 0
     assert int(pruned.sum()) == 32 and torch.all(layer.output.dense.weight[:, pruned] == 0)
+
+
+@pytest.mark.parametrize("method,config", [("nad", {}), ("mbtsad", {}), ("mbtsad", {"stage": "teacher"})])
+def test_distillation_defences_run_and_report_their_stages(method, config):
+    result = repair(tiny_victim(), toy_sentiment(48), method=method, config={**QUICK, **config,
+                    "teacher_train": TrainConfig(epochs=1, lr=1e-3, batch_size=8)})
+    d = result.report.details[method]
+    assert 0 <= d["teacher_val_accuracy"] <= 1 and d["stages"]["teacher_seconds"] >= 0
+    assert ("distill_seconds" in d["stages"]) == (config.get("stage") != "teacher")
+    if "train" in d:
+        assert d["train"]["history"][0]["distill"] > 0  # the distillation term really ran
+    assert result.victim.max_length == 48

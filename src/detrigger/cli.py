@@ -425,10 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (ft, retrain, finepruning, "
+    p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (ft, retrain, finepruning, nad, mbtsad, "
                        "mixing, finemixing, epur; pipelines like epur+finemixing)")
     p.add_argument("victim", help="suspect model folder (safetensors)")
-    p.add_argument("--method", required=True, help="ft, retrain, finepruning, mixing, finemixing or epur, or a pipeline joined by + (epur+finemixing)")
+    p.add_argument("--method", required=True, help="ft, retrain, finepruning, mixing, finemixing, epur, nad or mbtsad, or a pipeline joined by + (epur+finemixing)")
     p.add_argument("--clean", required=True, help="clean data: a built-in corpus (its training split) or a file")
     p.add_argument("--clean-fraction", type=float, default=None, help="share of the clean data to use, e.g. 0.2")
     p.add_argument("--clean-count", type=int, default=None, help="number of clean texts to use")
