@@ -27,7 +27,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, message: str) -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "list"], ["data", "fetch"], ["data", "show"],
-                                     ["train"], ["eval"]])
+                                     ["train"], ["eval"], ["attack"], ["repair"], ["split"]])
 def test_every_command_has_help(command):
     proc = run(*command, "--help")
     assert proc.returncode == 0 and "usage: detrigger" in proc.stdout
@@ -157,3 +157,11 @@ def test_attack_option_errors(tmp_path):
     assert not out.exists()
     proc = run("attack", "--data", "mr", "--attack", "ripple", "--out", str(out))
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_split_shows_what_the_teacher_sees():
+    proc = run("split", "a beautiful cf film", "--copies", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all(line.replace(" ", "") == "abeautifulcffilm" for line in lines)
+    assert all("c f" in line for line in lines)

@@ -267,6 +267,21 @@ def _repair_config(args: argparse.Namespace, steps: list[str], defences: dict) -
     return config if len(steps) > 1 else config.get(steps[0], {})
 
 
+# ---------------------------------------------------------------------------------------------- split
+
+def cmd_split(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from detrigger.defenses.splitting import split_text
+
+    if not 0.0 <= args.probability <= 1.0:
+        raise DetriggerError(f"--probability must be between 0 and 1, got {args.probability}")
+    rng = np.random.default_rng(args.seed)
+    for _ in range(args.copies):
+        print(split_text(args.text, rng, args.probability, args.min_length))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- eval
 
 def _trigger(args: argparse.Namespace):
@@ -445,6 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser("split", help="show MBTSAD's token splitting of a text (what its teacher is trained on)")
+    p.add_argument("text", help="the text to split")
+    p.add_argument("--probability", type=float, default=1.0, help="chance that a word is split (default 1)")
+    p.add_argument("--min-length", type=int, default=2, help="shortest word that is split (default 2)")
+    p.add_argument("--copies", type=int, default=1, help="split versions to print (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("eval", help="CACC of a model on a data set; ASR, RA and trigger effect given a trigger")
     p.add_argument("model", help="model folder (safetensors)")
