@@ -36,6 +36,9 @@ METHODS = {
     "finemixing-sel": ("finemixing", {"mask": "top"}),
     "epur": ("epur", {}),
     "epur+finemixing": ("epur+finemixing", {}),
+    "nad": ("nad", {}),
+    "mbtsad": ("mbtsad", {}),
+    "mbtsad-teacher": ("mbtsad", {"stage": "teacher"}),
 }
 
 
