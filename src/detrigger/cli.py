@@ -176,8 +176,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
         spec_fields["words"] = tuple(args.words)
     if args.sentence:
         spec_fields["sentence"] = args.sentence
-    if args.epochs is not None or args.lr is not None:
-        spec_fields["train"] = TrainConfig(epochs=args.epochs or 2, lr=args.lr or 5e-5, device=args.device)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("device", args.device)) if v is not None}
+    if overrides:  # applied to the scratch and clean-setting recipes alike
+        for key in ("train", "clean_train"):
+            spec_fields[key] = {**AttackSpec.model_fields[key].default.model_dump(), **overrides}
     try:
         spec = AttackSpec(**spec_fields)
         clean_config = TrainConfig(epochs=args.clean_epochs, lr=args.clean_lr, seed=args.seed, device=args.device)
@@ -429,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(seed=0)
     p.add_argument("--max-train", type=int, default=None, help="cap the training split at N texts")
     p.add_argument("--max-length", type=int, default=128, help="truncation length in tokens (default 128)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs on poisoned data, scratch (default 2)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate on poisoned data, scratch (default 5e-5)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs on poisoned data (default 2)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate on poisoned data (default 5e-5)")
     p.add_argument("--clean-epochs", type=int, default=2, help="epochs of the clean reference model (default 2)")
     p.add_argument("--clean-lr", type=float, default=5e-5, help="learning rate of the clean model (default 5e-5)")
     p.add_argument("--encoder", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
