@@ -61,10 +61,14 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=None, help="cap the training split (smoke runs)")
     parser.add_argument("--victims", default="victims")
     parser.add_argument("--json", required=True)
+    parser.add_argument("--table-only", action="store_true", help="print the table of --json and exit")
     args = parser.parse_args()
 
     out = Path(args.json)
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+    if args.table_only:
+        print(table(rows))
+        return
     done = {(r["attack"], r["seed"], r["method"]) for r in rows}
     for cell in args.attacks:
         attack, setting = cell.split(":")
