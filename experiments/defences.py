@@ -108,7 +108,8 @@ def _summary(details: dict) -> dict:
     """The facts worth keeping per step (chosen rho / ratio, flagged tokens), not whole histories."""
     keep = {}
     for step, d in details.items():
-        keep[step] = {k: v for k, v in d.items() if k in ("rho", "ratio", "curve", "val_accuracy", "suspect_val_accuracy")}
+        keep[step] = {k: v for k, v in d.items() if k in ("rho", "ratio", "curve", "val_accuracy", "suspect_val_accuracy",
+                                                       "teacher_val_accuracy", "stages")}
         if "flagged" in d:
             keep[step]["flagged"] = [t["token"] for t in d["flagged"][:10]]
     return keep
