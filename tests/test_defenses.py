@@ -111,8 +111,8 @@ def test_pipeline_and_config_errors(reference_dir):
     result = repair(victim, toy_sentiment(40), method="epur+ft", reference=reference_dir,
                     config={"epur": {"top_n": 3}, "ft": QUICK})
     assert set(result.report.details) == {"epur", "ft"}
-    with pytest.raises(DetriggerError, match="unknown defence 'nad'"):
-        repair(victim, toy_sentiment(40), method="nad")
+    with pytest.raises(DetriggerError, match="unknown defence 'onion'"):
+        repair(victim, toy_sentiment(40), method="onion")
     with pytest.raises(DetriggerError, match="rhoo"):
         repair(victim, toy_sentiment(40), method="mixing", config={"rhoo": 0.3})
 
