@@ -101,7 +101,7 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
         raise DetriggerError(f"target {spec.target} is not a label of {data.source} "
                              f"[{', '.join(splits.train.label_names)}]")
     clean, clean_record = clean_model(data, clean_config, encoder=encoder, max_length=max_length, cache=cache,
-                                      progress=progress)
+                                      progress=progress, splits=splits)
     trigger = spec.trigger()
     details: dict[str, Any] = {}
     if spec.attack == "ep":

@@ -29,14 +29,15 @@ def fine_tune_new(splits: Splits, config: TrainConfig = TrainConfig(), *, encode
 
 
 def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder: str | Path | None = None,
-                max_length: int = DEFAULT_MAX_LENGTH, cache: bool = True,
-                progress: bool | None = None) -> tuple[Victim, dict]:
+                max_length: int = DEFAULT_MAX_LENGTH, cache: bool = True, progress: bool | None = None,
+                splits: Splits | None = None) -> tuple[Victim, dict]:
     """The clean reference model for a data split and recipe, trained once and cached.
 
     The cache ($DETRIGGER_MODEL_CACHE, else clean-models/ in the data cache) is keyed by a hash of everything
     that determines the model (data spec, encoder, max length, training
     config, detrigger version), so a changed setting never reuses a stale model. Returns the model and its
-    saved metrics (CACC on the test split).
+    saved metrics (CACC on the test split). `splits`, if the caller already loaded them for `data`, saves
+    loading them again.
     """
     from detrigger import __version__
     from detrigger.data import load_splits
@@ -50,7 +51,8 @@ def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder:
     if cache and (folder / "metrics.json").is_file():
         log.info("clean model from cache %s", folder)
         return load_victim(folder), json.loads((folder / "metrics.json").read_text())
-    splits = load_splits(data)
+    if splits is None:
+        splits = load_splits(data)
     victim, result, metrics = fine_tune_new(splits, config, encoder=encoder, max_length=max_length, progress=progress)
     victim.info["data"] = {**data.model_dump(), "sizes": splits.sizes()}
     record = {"cacc": metrics.cacc, "n_test": metrics.n_test, "best_val_accuracy": result.best_val_accuracy,
