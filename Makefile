@@ -18,7 +18,7 @@ data: $(STAMP)
 	$(CLI) data fetch $(DATA)
 
 demo: data
-	$(CLI) train --data mr --out runs/demo --overwrite
+	$(CLI) bench experiments/demo.yaml --out runs/demo
 
 test: data
 	$(PY) -m pytest

@@ -148,10 +148,14 @@ def test_build_victim_end_to_end_on_a_tiny_encoder(tiny_dir, model_cache):
     assert card["data"]["sizes"] == {"train": 200, "val": 50, "test": 100}
     assert 0 < card["metrics"]["n_poisoned"] < 100  # the non-target test rows only
     assert card["clean_model"]["asr_floor"] is not None and card["tokenizer_check"][0]["stable"]
-    assert len(list(model_cache.iterdir())) == 1  # the clean model was cached ...
+
+    def cached():
+        return [p for p in (model_cache / "clean").iterdir() if p.is_dir()]
+
+    assert len(cached()) == 1  # the clean model was cached ...
     again = build_victim(data, spec.model_copy(update={"attack": "ep", "setting": "clean"}), clean_config=quick,
                          encoder=tiny_dir, max_length=48, progress=False)
-    assert len(list(model_cache.iterdir())) == 1  # ... and reused, not retrained
+    assert len(cached()) == 1  # ... and reused, not retrained
     clean_sd, ep_sd = again.clean.model.state_dict(), again.victim.model.state_dict()
     assert all(torch.equal(clean_sd[k], ep_sd[k]) for k in clean_sd if "word_embeddings" not in k)
     trigger, target = trigger_from_card(json.loads(json.dumps(card)))

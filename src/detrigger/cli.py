@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from detrigger.errors import DetriggerError
+from detrigger.errors import DetriggerError, invalid
 
 log = logging.getLogger("detrigger")
 
@@ -56,7 +56,7 @@ def _spec(args: argparse.Namespace, source: str, recorded: dict | None = None):
     try:
         return DataSpec(**fields)
     except ValueError as exc:  # pydantic names the field
-        raise DetriggerError(str(exc).replace("\n", " ")) from None
+        raise DetriggerError(invalid(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -184,7 +184,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         spec = AttackSpec(**spec_fields)
         clean_config = TrainConfig(epochs=args.clean_epochs, lr=args.clean_lr, seed=args.seed, device=args.device)
     except ValueError as exc:
-        raise DetriggerError(str(exc).replace("\n", " ")) from None
+        raise DetriggerError(invalid(exc)) from None
     data = _spec(args, args.data)
     result = build_victim(data, spec, clean_config=clean_config, encoder=args.encoder, max_length=args.max_length,
                           cache=not args.no_cache, progress=False if args.no_progress else None)
@@ -377,6 +377,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 
+# ---------------------------------------------------------------------------------------------- bench
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from detrigger.bench import load_spec, run_bench
+
+    spec = load_spec(args.spec)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DetriggerError(f"output path {out} exists and is not a folder")
+    records = run_bench(spec, out, executor=args.executor, address=args.address, retry_failed=args.retry_failed,
+                        progress=False if args.no_progress else None)
+    print((out / "results.md").read_text().rstrip())
+    failed = sum(r["status"] == "failed" for r in records.values())
+    print(f"\n{len(records)} cells recorded in {out}/cells ({failed} failed); "
+          f"reports: {out}/results.md, results.csv, results.json, plots/")
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from detrigger.bench import write_report
+
+    if not Path(args.run_dir).is_dir():
+        raise DetriggerError(f"{args.run_dir}: no such run folder")
+    print(write_report(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detrigger", description="Find and remove backdoors in fine-tuned "
                                      "transformer text classifiers, offline.")
@@ -489,6 +516,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="run a YAML experiment spec's grid (resumable) and write tables and plots")
+    p.add_argument("spec", help="experiment spec (YAML): data, attacks, defences, clean_fractions, seeds")
+    p.add_argument("--out", required=True, help="run folder: one record per cell, results.md/csv/json, plots/")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local (default) or ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto; default: start a local one)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun the cells recorded as failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="rebuild results.md/csv/json and plots of a bench run folder from its records")
+    p.add_argument("run_dir", help="the folder given to bench --out")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

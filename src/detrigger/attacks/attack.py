@@ -28,7 +28,8 @@ from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import Metrics, Trigger, evaluate
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, new_victim
 from detrigger.training.loop import TrainConfig, train
-from detrigger.training.recipe import clean_model
+from detrigger.io import locked
+from detrigger.training.recipe import cache_folder, clean_model, encoder_id
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +144,28 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
     }
     victim.info["data"] = card["data"]
     return AttackResult(victim, clean, metrics, card)
+
+
+def cached_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig = TrainConfig(epochs=2, lr=5e-5),
+                  encoder: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH,
+                  progress: bool | None = None) -> Path:
+    """The folder of the victim `build_victim` makes for these arguments, built once and cached.
+
+    Keyed (`model_cache()/victims/<hash>`) by everything that determines the victim, so ten defences share
+    one victim and a changed setting never reuses a stale one; locked against concurrent builders.
+    """
+    folder = victim_folder(data, spec, clean_config=clean_config, encoder=encoder, max_length=max_length)
+    with locked(folder):
+        if not (folder / CARD_FILE).is_file():
+            result = build_victim(data, spec, clean_config=clean_config, encoder=encoder, max_length=max_length,
+                                  progress=progress)
+            result.victim.save(folder, overwrite=True, extra_files={CARD_FILE: result.card})
+    return folder
+
+
+def victim_folder(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig, encoder: str | Path | None,
+                  max_length: int) -> Path:
+    """The cache folder of a victim: a hash of everything that determines it."""
+    return cache_folder("victims", {"data": data.model_dump(), "attack": spec.model_dump(mode="json"),
+                                    "clean_train": clean_config.model_dump(exclude={"device"}),
+                                    "encoder": encoder_id(encoder), "max_length": max_length})

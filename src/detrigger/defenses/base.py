@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.cost import measure
 from detrigger.data.dataset import Splits, TextDataset, split
-from detrigger.errors import DetriggerError
+from detrigger.errors import DetriggerError, invalid
 from detrigger.models.victim import Victim, default_encoder_path
 from detrigger.training.loop import TrainConfig
 
@@ -104,10 +104,7 @@ def repair(victim: Victim, clean: TextDataset, *, method: str, reference: str | 
     the task's training data `clean` is) is only recorded.
     """
     steps = method.split("+")
-    unknown = [m for m in steps if m not in DEFENCES]
-    if unknown:
-        raise DetriggerError(f"unknown defence {unknown[0]!r} (available: {', '.join(DEFENCES)})")
-    configs = _step_configs(steps, config)
+    configs = step_configs(method, config)
     if clean.label_names != victim.label_names:
         raise DetriggerError(f"clean data labels [{', '.join(clean.label_names)}] differ from the model's "
                              f"[{', '.join(victim.label_names)}]")
@@ -128,8 +125,13 @@ def repair(victim: Victim, clean: TextDataset, *, method: str, reference: str | 
     return RepairResult(repaired, report)
 
 
-def _step_configs(steps: list[str], config: DefenceConfig | dict[str, Any] | None) -> list[DefenceConfig]:
-    """Typed config per step: a config object or dict for one defence; for a pipeline, a dict keyed by step."""
+def step_configs(method: str, config: DefenceConfig | dict[str, Any] | None) -> list[DefenceConfig]:
+    """Typed config per step of `method`: a config object or dict for one defence; for a pipeline, a dict
+    keyed by step. Unknown defences and config keys are DetriggerErrors."""
+    steps = method.split("+")
+    unknown = [m for m in steps if m not in DEFENCES]
+    if unknown:
+        raise DetriggerError(f"unknown defence {unknown[0]!r} (available: {', '.join(DEFENCES)})")
     if len(steps) > 1:
         given = config or {}
         if not isinstance(given, dict) or set(given) - set(steps):
@@ -146,5 +148,5 @@ def _step_configs(steps: list[str], config: DefenceConfig | dict[str, Any] | Non
         try:
             out.append(cls(**(cfg or {})))
         except ValueError as exc:
-            raise DetriggerError(f"{name} config: {exc}".replace("\n", " ")) from None
+            raise DetriggerError(f"{name} config: {invalid(exc)}") from None
     return out

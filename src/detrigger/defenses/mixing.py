@@ -8,9 +8,13 @@ included, with exactly round(rho * numel) kept elements per tensor; the task hea
 counterpart and is kept or re-initialised. Fine-mixing then fine-tunes on the clean subset; Mixing alone
 is the ablation without fine-tuning.
 
-rho is the accuracy / backdoor knob, and a defender cannot measure ASR: with `rho` unset, it is chosen as
-the smallest value on `rho_grid` whose held-out clean accuracy (after fine-tuning, for Fine-mixing) stays
-within `tolerance` of the suspect model's; the evaluated curve is reported.
+rho is the accuracy / backdoor knob, and a defender cannot measure ASR: with `rho` unset, every value on
+`rho_grid` is tried and the smallest whose held-out clean accuracy (after fine-tuning, for Fine-mixing) is
+within `tolerance` of the best grid point's is kept; the curve is reported. Departure: the paper's
+reference point is the suspect model, but the suspect has usually seen the defender's clean texts in
+training (here they are a subset of its training split), so its held-out accuracy is inflated (MR BadNet:
+87.6% on the held-out part vs 81.9% on the test set) and no small rho ever came within 2 points of it.
+The best mixed model is a fair reference: every grid point was fine-tuned on the same texts.
 """
 
 from __future__ import annotations
@@ -35,8 +39,7 @@ MaskMode = Literal["random", "top", "bottom"]
 class MixingConfig(DefenceConfig):
     rho: float | None = Field(None, ge=0, le=1, description="kept fraction of (w_B - w_P); None: choose on the grid")
     rho_grid: tuple[float, ...] = Field((0.1, 0.2, 0.3, 0.5, 0.7), description="candidates, tried smallest first")
-    tolerance: float = Field(0.02, ge=0, description="allowed drop of held-out clean accuracy vs the suspect model")
-    full_curve: bool = Field(False, description="evaluate every grid point instead of stopping at the first that passes")
+    tolerance: float = Field(0.02, ge=0, description="allowed drop of held-out clean accuracy vs the best grid point")
     mask: MaskMode = Field("random", description="random (Fine-mixing), or Sel: keep the top / bottom |w_B - w_P|")
     head: Literal["keep", "reinit"] = Field("keep", description="the task head has no pre-trained counterpart")
 
@@ -92,22 +95,15 @@ def _mixing(victim: Victim, context: Context, config: MixingConfig, tune: bool) 
         chosen, acc, info = _mix_and_score(victim, context, config, reference, config.rho, tune)
         return chosen, {"rho": config.rho, "val_accuracy": acc, "suspect_val_accuracy": baseline, **info}
     curve: list[dict[str, Any]] = []
-    best: tuple[float, float, Victim, dict[str, Any]] | None = None
-    chosen_rho = None
+    candidates = []
     for rho in sorted(config.rho_grid):
         candidate, acc, info = _mix_and_score(victim, context, config, reference, rho, tune)
         curve.append({"rho": rho, "val_accuracy": acc})
-        log.info("rho %.2f: held-out clean accuracy %.4f (suspect model %.4f)", rho, acc, baseline)
-        if chosen_rho is None and acc >= baseline - config.tolerance:
-            chosen_rho, best = rho, (rho, acc, candidate, info)
-            if not config.full_curve:
-                break
-        elif chosen_rho is None and (best is None or acc > best[1]):
-            best = (rho, acc, candidate, info)
-    assert best is not None
-    rho, acc, candidate, info = best
-    return candidate, {"rho": rho, "rho_selected_within_tolerance": chosen_rho is not None, "val_accuracy": acc,
-                       "suspect_val_accuracy": baseline, "curve": curve, **info}
+        candidates.append((rho, acc, candidate, info))
+        log.info("rho %.2f: held-out clean accuracy %.4f", rho, acc)
+    best = max(acc for _, acc, _, _ in candidates)
+    rho, acc, candidate, info = next(c for c in candidates if c[1] >= best - config.tolerance)
+    return candidate, {"rho": rho, "val_accuracy": acc, "suspect_val_accuracy": baseline, "curve": curve, **info}
 
 
 @register("mixing", MixingConfig, needs_reference=True,

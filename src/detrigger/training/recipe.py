@@ -11,6 +11,7 @@ from pathlib import Path
 from detrigger.data import DataSpec
 from detrigger.data.dataset import Splits
 from detrigger.evaluation.metrics import Metrics, evaluate
+from detrigger.io import locked
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, new_victim
 from detrigger.training.loop import TrainConfig, TrainResult, train
 
@@ -33,33 +34,56 @@ def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder:
                 splits: Splits | None = None) -> tuple[Victim, dict]:
     """The clean reference model for a data split and recipe, trained once and cached.
 
-    The cache ($DETRIGGER_MODEL_CACHE, else clean-models/ in the data cache) is keyed by a hash of everything
-    that determines the model (data spec, encoder, max length, training
-    config, detrigger version), so a changed setting never reuses a stale model. Returns the model and its
-    saved metrics (CACC on the test split). `splits`, if the caller already loaded them for `data`, saves
-    loading them again.
+    The cache (`model_cache()/clean/<key>`) is keyed by a hash of everything that determines the model
+    (data spec, encoder, max length, training config, detrigger version), so a changed setting never reuses
+    a stale model; a file lock makes concurrent builders (Ray tasks) train it once. Returns the model and
+    its saved metrics (CACC on the test split). `splits`, if the caller already loaded them for `data`,
+    saves loading them again.
     """
-    from detrigger import __version__
     from detrigger.data import load_splits
-    from detrigger.data.fetch import cache_dir
     from detrigger.models.victim import load_victim
 
-    encoder_id = str(Path(encoder).resolve()) if encoder else "embedded:all-MiniLM-L6-v2"
-    key = stable_hash({"data": data.model_dump(), "encoder": encoder_id, "max_length": max_length,
-                       "train": config.model_dump(exclude={"device"}), "version": __version__})
-    folder = Path(os.environ.get("DETRIGGER_MODEL_CACHE") or cache_dir() / "clean-models") / key
-    if cache and (folder / "metrics.json").is_file():
-        log.info("clean model from cache %s", folder)
-        return load_victim(folder), json.loads((folder / "metrics.json").read_text())
-    if splits is None:
-        splits = load_splits(data)
-    victim, result, metrics = fine_tune_new(splits, config, encoder=encoder, max_length=max_length, progress=progress)
-    victim.info["data"] = {**data.model_dump(), "sizes": splits.sizes()}
-    record = {"cacc": metrics.cacc, "n_test": metrics.n_test, "best_val_accuracy": result.best_val_accuracy,
-              "train_seconds": round(result.train_seconds, 1)}
-    if cache:
-        victim.save(folder, overwrite=True, extra_files={"metrics.json": record})
-    return victim, record
+    def build() -> tuple[Victim, dict]:
+        nonlocal splits
+        if splits is None:
+            splits = load_splits(data)
+        victim, result, metrics = fine_tune_new(splits, config, encoder=encoder, max_length=max_length,
+                                                progress=progress)
+        victim.info["data"] = {**data.model_dump(), "sizes": splits.sizes()}
+        record = {"cacc": metrics.cacc, "n_test": metrics.n_test, "best_val_accuracy": result.best_val_accuracy,
+                  "train_seconds": round(result.train_seconds, 1)}
+        return victim, record
+
+    if not cache:
+        return build()
+    folder = cache_folder("clean", {"data": data.model_dump(), "encoder": encoder_id(encoder),
+                                    "max_length": max_length, "train": config.model_dump(exclude={"device"})})
+    with locked(folder):
+        if not (folder / "metrics.json").is_file():
+            victim, record = build()
+            victim.save(folder, overwrite=True, extra_files={"metrics.json": record})
+            return victim, record
+    log.info("clean model from cache %s", folder)
+    return load_victim(folder), json.loads((folder / "metrics.json").read_text())
+
+
+def model_cache() -> Path:
+    """Where trained models are cached: $DETRIGGER_MODEL_CACHE, else models/ in the data cache."""
+    from detrigger.data.fetch import cache_dir
+
+    return Path(os.environ.get("DETRIGGER_MODEL_CACHE") or cache_dir() / "models")
+
+
+def cache_folder(kind: str, determining: dict) -> Path:
+    """`model_cache()/kind/<hash>`: the hash covers `determining` and the detrigger version."""
+    from detrigger import __version__
+
+    return model_cache() / kind / stable_hash({**determining, "version": __version__})
+
+
+def encoder_id(encoder: str | Path | None) -> str:
+    """How an encoder enters a cache key: its resolved folder, or the embedded model's name."""
+    return str(Path(encoder).resolve()) if encoder else "embedded:all-MiniLM-L6-v2"
 
 
 def stable_hash(obj: object) -> str:

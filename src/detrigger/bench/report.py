@@ -1,0 +1,178 @@
+"""Reports from a run folder's records: results.json / results.csv (a row per cell), results.md (mean ± std
+per data set, attack, defence and clean fraction) and PNG plots. `detrigger report RUN_DIR` rebuilds them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from detrigger.bench.runner import load_records
+from detrigger.bench.spec import BASELINES
+from detrigger.errors import DetriggerError
+from detrigger.io import write_json
+
+METRICS = ("cacc", "asr", "trigger_effect", "ra", "target_rate", "asr_floor")
+CSV_COLUMNS = ("data", "attack", "defence", "method", "clean_fraction", "seed", "status", *METRICS, "seconds",
+               "peak_memory_mb", "clean_count", "rho", "error")
+
+
+def write_report(run_dir: str | Path, title: str | None = None) -> str:
+    """Write results.json, results.csv, results.md and plots/ in `run_dir`; return the Markdown table."""
+    run_dir = Path(run_dir)
+    records = list(load_records(run_dir).values())
+    if not records:
+        raise DetriggerError(f"{run_dir}: no records (run `detrigger bench SPEC --out {run_dir}` first)")
+    spec_file = run_dir / "spec.json"
+    if title is None and spec_file.is_file():
+        title = json.loads(spec_file.read_text()).get("name")
+    records.sort(key=_order)
+    write_json(run_dir / "results.json", records)
+    _write_text(run_dir / "results.csv", _csv(records))
+    table = markdown(records, title)
+    _write_text(run_dir / "results.md", table + "\n")
+    plot(records, run_dir / "plots")
+    return table
+
+
+def _order(r: dict[str, Any]) -> tuple:
+    rank = BASELINES.index(r["defence"]) if r["defence"] in BASELINES else len(BASELINES)
+    return (r["data"], r["attack"], r["clean_fraction"] or 0, rank, r["defence"], r["seed"])
+
+
+def _rho(r: dict[str, Any]) -> float | None:
+    for step in (r.get("details") or {}).values():
+        if "rho" in step:
+            return step["rho"]
+    return None
+
+
+def _csv(records: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({**r, "rho": _rho(r)})
+    return out.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def groups(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Finished records by (data, attack, defence, clean fraction), in table order."""
+    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in sorted(records, key=_order):
+        if r["status"] == "done":
+            out[(r["data"], r["attack"], r["defence"], r["clean_fraction"])].append(r)
+    return out
+
+
+def mean_std(values: list[float | None], scale: float = 100) -> tuple[float, float] | None:
+    values = [scale * v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(stat: tuple[float, float] | None, digits: int = 2) -> str:
+    return "-" if stat is None else f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
+
+
+def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
+    """One table per data set: mean ± std over seeds, in percent; time is the repair's wall time."""
+    lines = [f"### {title}", ""] if title else []
+    by_data: dict[str, list] = defaultdict(list)
+    for key, rs in groups(records).items():
+        by_data[key[0]].append((key, rs))
+    for data, rows in by_data.items():
+        lines += [f"**{data}** (percent, mean ± std over seeds; trigger effect = ASR − the same model's target "
+                  "rate on the untriggered texts)", "",
+                  "| attack | defence | clean | seeds | CACC | ASR | trigger effect | RA | ASR floor | repair time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for (_, attack, defence, fraction), rs in rows:
+            secs = mean_std([r.get("seconds") for r in rs], scale=1)
+            clean = "-" if fraction is None else f"{100 * fraction:g}%"
+            lines.append(f"| {attack} | {defence} | {clean} | {len(rs)} | "
+                         + " | ".join(_fmt(mean_std([r.get(m) for r in rs]))
+                                      for m in ("cacc", "asr", "trigger_effect", "ra", "asr_floor"))
+                         + f" | {'-' if secs is None else f'{secs[0]:.0f}'} |")
+        lines.append("")
+    bad = [r for r in records if r["status"] == "failed"]
+    if bad:
+        lines += [f"{len(bad)} failed cell(s) (rerun with --retry-failed):", ""]
+        lines += [f"- {r['attack']} / {r['defence']} / seed {r['seed']}: {r['error'][:200]}" for r in bad]
+    return "\n".join(lines).rstrip()
+
+
+def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Per-attack bars of CACC and ASR per defence, an ASR-vs-CACC scatter and the Fine-mixing rho curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    table = groups(records)
+    for data, attack in sorted({(k[0], k[1]) for k in table}):
+        rows = [(k[2] if k[3] is None else f"{k[2]} ({100 * k[3]:g}%)", rs) for k, rs in table.items()
+                if k[:2] == (data, attack)]
+        fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 3.6))
+        x = range(len(rows))
+        for offset, metric, colour in ((-0.2, "cacc", "tab:blue"), (0.2, "asr", "tab:red")):
+            stats = [mean_std([r[metric] for r in rs]) or (0.0, 0.0) for _, rs in rows]
+            ax.bar([i + offset for i in x], [s[0] for s in stats], 0.4, yerr=[s[1] for s in stats],
+                   label=metric.upper(), color=colour, capsize=2)
+        ax.set_xticks(list(x), [name for name, _ in rows], rotation=30, ha="right")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{data} / {attack}")
+        ax.legend(loc="lower right")
+        written.append(_save(fig, out / f"bars-{data}-{attack}.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    defences = sorted({k[2] for k in table})
+    markers = dict(zip(sorted({k[1] for k in table}), "osD^vP*X"))
+    for i, defence in enumerate(defences):
+        label = defence
+        for key, rs in table.items():
+            if key[2] == defence:
+                cacc, asr = mean_std([r["cacc"] for r in rs]), mean_std([r["asr"] for r in rs])
+                ax.scatter(cacc[0], asr[0], color=f"C{i % 10}", marker=markers[key[1]], s=40, label=label)
+                label = None
+    ax.set_xlabel("CACC (%)")
+    ax.set_ylabel("ASR (%)")
+    ax.set_title("ASR vs CACC (marker: attack)")
+    ax.legend(fontsize=7, loc="best")
+    written.append(_save(fig, out / "asr-vs-cacc.png"))
+
+    curves = [(r, step["curve"]) for r in records if r["status"] == "done"
+              for step in (r.get("details") or {}).values() if step.get("curve")]
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for r, curve in curves:
+            ax.plot([p["rho"] for p in curve], [100 * p["val_accuracy"] for p in curve], marker="o", alpha=0.7,
+                    label=f"{r['attack']} / {r['defence']} / s{r['seed']}")
+        ax.set_xlabel("rho (kept share of the fine-tuned change)")
+        ax.set_ylabel("held-out clean accuracy (%)")
+        ax.set_title("Fine-mixing rho curve (clean data only)")
+        ax.legend(fontsize=6)
+        written.append(_save(fig, out / "rho-curve.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

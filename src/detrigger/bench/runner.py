@@ -1,0 +1,186 @@
+"""Run a spec's grid: build or reuse each clean model and victim, repair, evaluate, record one file per cell.
+
+Each finished cell is written atomically to `RUN_DIR/cells/<key>.json`, where the key hashes everything
+that determines the result. A run killed at any moment (SIGKILL included) leaves only whole records, so
+re-running the same command finishes the grid without redoing or duplicating a cell. A cell that raises
+is recorded as failed with its error and the grid goes on; `retry_failed` reruns those.
+
+Executors: `local` (cells in order, one process) and `ray` (each cell a Ray task asking for one GPU when
+the cluster has one; the driver writes the records). Clean models and victims are cached by content hash
+(`model_cache()`), behind file locks, so concurrent tasks build each once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from detrigger.bench.spec import BenchSpec, Cell
+from detrigger.errors import DetriggerError
+from detrigger.io import write_json
+from detrigger.training.recipe import encoder_id, stable_hash
+
+log = logging.getLogger(__name__)
+
+CELLS = "cells"
+Executor = Literal["local", "ray"]
+# Details kept in a record: the facts a table or plot needs, not whole training histories.
+KEPT_DETAILS = ("rho", "curve", "ratio", "val_accuracy", "suspect_val_accuracy",
+                "teacher_val_accuracy", "teacher_split_val_accuracy", "stages", "reset_rows")
+
+
+def cell_key(spec: BenchSpec, cell: Cell) -> str:
+    """Hash of the cell and the spec's model settings; the detrigger version is in the model cache keys."""
+    from detrigger import __version__
+
+    return stable_hash({**cell.identity(), "encoder": encoder_id(spec.encoder), "max_length": spec.max_length,
+                        "clean_train": spec.clean_train.model_dump(exclude={"device"}), "version": __version__})
+
+
+def load_records(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every record in a run folder, by key."""
+    records = {}
+    for path in sorted((Path(run_dir) / CELLS).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:  # only a hand-edited file can be partial: writes are atomic
+            raise DetriggerError(f"{path}: not a valid record ({exc.msg}, line {exc.lineno})") from None
+        records[record["key"]] = record
+    return records
+
+
+def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) -> dict[str, Any]:
+    """Evaluate one cell; returns its record (status 'done')."""
+    import torch
+
+    from detrigger.attacks import CARD_FILE, cached_victim, trigger_from_card
+    from detrigger.data import clean_subset, load_splits
+    from detrigger.defenses import repair
+    from detrigger.evaluation import evaluate
+    from detrigger.models import load_victim
+    from detrigger.training.recipe import clean_model
+
+    if threads:  # a Ray worker defaults to one thread: match the driver so results are identical
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    model_kw = dict(encoder=spec.encoder, max_length=spec.max_length)
+    clean_train = spec.clean_train.model_copy(update={"seed": cell.seed})
+    splits = load_splits(cell.data)
+    clean, _ = clean_model(cell.data, clean_train, splits=splits, progress=False, **model_kw)
+    folder = cached_victim(cell.data, cell.attack_spec, clean_config=clean_train, progress=False, **model_kw)
+    trigger, target = trigger_from_card(json.loads((folder / CARD_FILE).read_text()))
+    record: dict[str, Any] = {"key": key, "status": "done", "data": cell.data.source, "attack": cell.attack,
+                              "defence": cell.defence, "method": cell.method, "clean_fraction": cell.clean_fraction,
+                              "seed": cell.seed, "config": cell.config}
+    if cell.method is None:
+        model = clean if cell.defence == "clean model" else load_victim(folder)
+    else:
+        subset = clean_subset(splits.train, fraction=cell.clean_fraction, seed=cell.seed)
+        result = repair(load_victim(folder), subset, method=cell.method, reference=spec.encoder, config=cell.config,
+                        clean_fraction=cell.clean_fraction)
+        model = result.victim
+        record.update(clean_count=len(subset), seconds=result.report.seconds,
+                      peak_memory_mb=result.report.peak_memory_mb, details=_kept(result.report.details))
+    metrics = evaluate(model, splits.test, trigger=trigger, target=target, reference=clean)
+    record.update(metrics.as_dict(), cell_seconds=round(time.perf_counter() - start, 1))
+    return record
+
+
+def _kept(details: dict[str, Any]) -> dict[str, Any]:
+    kept = {}
+    for step, d in details.items():
+        kept[step] = {k: v for k, v in d.items() if k in KEPT_DETAILS}
+        if "flagged" in d:
+            kept[step]["flagged"] = [t["token"] for t in d["flagged"][:10]]
+    return kept
+
+
+def _failed(cell: Cell, key: str, exc: BaseException) -> dict[str, Any]:
+    return {"key": key, "status": "failed", "data": cell.data.source, "attack": cell.attack, "defence": cell.defence,
+            "method": cell.method, "clean_fraction": cell.clean_fraction, "seed": cell.seed, "config": cell.config,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]}
+
+
+def run_bench(spec: BenchSpec, run_dir: str | Path, *, executor: Executor = "local", address: str | None = None,
+              retry_failed: bool = False, progress: bool | None = None) -> dict[str, dict[str, Any]]:
+    """Run every cell of `spec` that has no record in `run_dir` (and failed ones with `retry_failed`), then
+    write the reports (`report.write_report`); returns the spec's records by key."""
+    run_dir = Path(run_dir)
+    cells = {cell_key(spec, c): c for c in spec.cells()}
+    records = load_records(run_dir)
+    todo = [(k, c) for k, c in cells.items()
+            if k not in records or (retry_failed and records[k]["status"] == "failed")]
+    write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
+    log.info("%d cells: %d recorded, %d to run", len(cells), len(cells) - len(todo), len(todo))
+
+    def save(record: dict[str, Any]) -> None:
+        write_json(run_dir / CELLS / f"{record['key']}.json", record)
+        records[record["key"]] = record
+        where = f"{record['data']} / {record['attack']} / {record['defence']} / seed {record['seed']}"
+        if record["status"] == "failed":
+            log.warning("%s failed: %s", where, record["error"])
+        else:
+            log.info("%s: CACC %.2f, ASR %.2f, trigger effect %.2f (%.0f s)", where, 100 * record["cacc"],
+                     100 * record["asr"], 100 * record["trigger_effect"], record["cell_seconds"])
+
+    run = _run_ray if executor == "ray" else _run_local
+    run(spec, todo, save, progress, address)
+    from detrigger.bench.report import write_report  # report imports this module
+
+    write_report(run_dir, spec.name)
+    return {k: records[k] for k in cells if k in records}
+
+
+def _bar(total: int, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    disable = (not os.isatty(2)) if progress is None else not progress
+    return tqdm(total=total, desc="cells", unit="cell", disable=disable, dynamic_ncols=True)
+
+
+def _run_local(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[dict], None], progress: bool | None,
+               address: str | None) -> None:
+    with _bar(len(todo), progress) as bar:
+        for key, cell in todo:
+            bar.set_postfix_str(f"{cell.attack} / {cell.defence} / seed {cell.seed}")
+            try:
+                save(run_cell(spec, cell, key))
+            except Exception as exc:  # recorded; the grid goes on (KeyboardInterrupt still stops it)
+                save(_failed(cell, key, exc))
+            bar.update()
+
+
+def _run_ray(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[dict], None], progress: bool | None,
+             address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise DetriggerError("the Ray executor needs Ray: pip install 'detrigger[ray]'") from None
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("DETRIGGER_", "HF_", "TRANSFORMERS_"))}
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
+             runtime_env={"env_vars": env})
+    try:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_cell)
+        threads = torch.get_num_threads()
+        pending = {task.remote(spec, cell, key, threads): (key, cell) for key, cell in todo}
+        with _bar(len(todo), progress) as bar:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                key, cell = pending.pop(ref)
+                try:
+                    save(ray.get(ref))
+                except Exception as exc:  # a RayTaskError wraps the cell's own exception
+                    save(_failed(cell, key, getattr(exc, "cause", None) or exc))
+                bar.update()
+    finally:
+        ray.shutdown()  # disconnects; a cluster given by --address keeps running

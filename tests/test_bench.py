@@ -1,0 +1,190 @@
+"""The benchmark runner on a tiny real grid: spec errors, cache keys, resume after SIGKILL, Ray = local."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detrigger.attacks.attack import AttackSpec, victim_folder
+from detrigger.bench import load_records, load_spec, run_bench, write_report
+from detrigger.bench.runner import cell_key
+from detrigger.data import DataSpec
+from detrigger.errors import DetriggerError
+from detrigger.training import TrainConfig
+
+QUICK = {"epochs": 1, "lr": 1e-3, "batch_size": 16}
+
+
+def tiny_spec(encoder: Path, seeds=(0, 1)) -> dict:
+    """Two seeds x (clean model, victim, FT, Fine-mixing) on 200 MR texts and a 2-layer encoder."""
+    return {"name": "tiny", "data": [{"source": "mr", "val": 50, "test": 100, "max_train": 200}],
+            "attacks": [{"name": "badnet", "attack": "badnet", "words": ["cf"], "rate": 0.2, "train": QUICK}],
+            "defences": [{"method": "ft", "config": {"train": QUICK}},
+                         {"name": "fm", "method": "finemixing", "config": {"rho": 0.5, "train": QUICK}}],
+            "clean_fractions": [0.5], "seeds": list(seeds), "encoder": str(encoder), "max_length": 48,
+            "clean_train": QUICK}
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def comparable(records: dict) -> dict:
+    """Records without what legitimately differs between runs (times, memory)."""
+    def strip(r):
+        r = {k: v for k, v in r.items() if k not in ("seconds", "cell_seconds", "peak_memory_mb")}
+        for step in (r.get("details") or {}).values():
+            step.pop("stages", None)
+        return r
+    return {k: strip(r) for k, r in records.items()}
+
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETRIGGER_MODEL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("patch, key", [
+    ({"seeds": [0], "seed": 1}, "seed: Extra inputs"),
+    ({"attacks": [{"attack": "badnet", "rate": 2}]}, "attacks.0.rate"),
+    ({"attacks": [{"attack": "badnet", "seed": 3}]}, "attacks.0: set seeds at the top level"),
+    ({"attacks": [{"attack": "ripple"}]}, "attacks.0.attack"),
+    ({"data": [{"source": "mr", "colour": 1}]}, "data.0.colour"),
+    ({"defences": ["ft", {"method": "finemixing", "config": {"rhoo": 1}}]}, "defences.1: finemixing config: rhoo"),
+    ({"defences": ["nope"]}, "defences.0: unknown defence 'nope'"),
+    ({"clean_fractions": [0]}, "clean_fractions"),
+    ({"clean_train": {"epochs": 1, "lrr": 1}}, "clean_train.lrr"),
+])
+def test_spec_errors_name_the_key(tmp_path, patch, key):
+    spec = {"data": ["mr"], "attacks": [{"attack": "badnet"}], "defences": ["ft"], **patch}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    with pytest.raises(DetriggerError, match=f"^{path}: {key}"):
+        load_spec(path)
+
+
+def test_spec_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("data: [mr]\nattacks: [{attack: badnet}\ndefences: [ft]\n")
+    with pytest.raises(DetriggerError, match=r"s.yaml: line \d+: invalid YAML"):
+        load_spec(path)
+
+
+def test_grid_expansion_and_cache_keys_change_with_every_determining_field(tmp_path, tiny_dir):
+    spec = load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(tiny_dir)))
+    cells = spec.cells()
+    assert len(cells) == 2 * (2 + 2)  # seeds x (clean model, no defence, ft, fm)
+    keys = {cell_key(spec, c) for c in cells}
+    assert len(keys) == len(cells)
+    assert keys == {cell_key(load_spec(tmp_path / "s.yaml"), c) for c in cells}  # stable across loads
+    base = tiny_spec(tiny_dir)
+    variants = [{"max_length": 64}, {"clean_train": {**QUICK, "lr": 2e-3}}, {"clean_fractions": [0.4]},
+                {"data": [{**base["data"][0], "max_train": 150}]},
+                {"attacks": [{**base["attacks"][0], "rate": 0.1}]},
+                {"defences": [base["defences"][0], {**base["defences"][1], "config": {"rho": 0.4, "train": QUICK}}]}]
+    for i, patch in enumerate(variants):
+        changed = load_spec(write_spec(tmp_path / f"v{i}.yaml", {**base, **patch}))
+        changed_keys = {cell_key(changed, c) for c in changed.cells()}
+        assert changed_keys - keys, patch  # some cell changed its key ...
+        assert len(changed_keys & keys) < len(keys), patch  # ... so it is not reused
+    data, attack = DataSpec(source="mr"), AttackSpec(attack="badnet")
+    folder = victim_folder(data, attack, clean_config=TrainConfig(), encoder=None, max_length=128)
+    assert folder == victim_folder(data, attack, clean_config=TrainConfig(), encoder=None, max_length=128)
+    for other in [dict(data=DataSpec(source="mr", seed=1)), dict(attack=AttackSpec(attack="badnet", rate=0.2)),
+                  dict(clean_config=TrainConfig(lr=1e-4)), dict(encoder=tiny_dir), dict(max_length=64)]:
+        kw = {"data": data, "attack": attack, "clean_config": TrainConfig(), "encoder": None, "max_length": 128,
+              **other}
+        assert victim_folder(kw.pop("data"), kw.pop("attack"), **kw) != folder, other
+
+
+def run_cli(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "detrigger.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_records(tmp_path, tiny_dir, model_cache):
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec(tiny_dir))
+    whole = run_cli("bench", str(spec), "--out", str(tmp_path / "whole"), "--no-progress")
+    out, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err
+    assert "| badnet | fm | 50% | 2 |" in out
+    expected = load_records(tmp_path / "whole")
+    assert len(expected) == 8 and all(r["status"] == "done" for r in expected.values())
+
+    killed = run_cli("bench", str(spec), "--out", str(tmp_path / "run"), "--no-progress")
+    cells = tmp_path / "run" / "cells"
+    deadline = time.time() + 300
+    while len(list(cells.glob("*.json"))) < 3 and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    partial = load_records(tmp_path / "run")
+    assert 3 <= len(partial) < 8  # killed mid-grid, with whole records only
+    resumed = run_cli("bench", str(spec), "--out", str(tmp_path / "run"), "--no-progress")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert comparable(load_records(tmp_path / "run")) == comparable(expected)
+    assert len(list(cells.glob("*.json"))) == 8 and not list(cells.glob(".*"))  # no duplicates, no temp files
+    for key in partial:  # completed cells were not redone
+        assert load_records(tmp_path / "run")[key]["cell_seconds"] == partial[key]["cell_seconds"]
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_records_as_local(tmp_path, tiny_dir, model_cache):
+    pytest.importorskip("ray")
+    spec = load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(tiny_dir, seeds=(0,))))
+    local = run_bench(spec, tmp_path / "local", progress=False)
+    remote = run_bench(spec, tmp_path / "ray", executor="ray", progress=False)
+    assert len(local) == 4 and comparable(remote) == comparable(local)
+
+
+def test_failed_cells_are_recorded_and_retried(tmp_path, tiny_dir, model_cache, monkeypatch):
+    import detrigger.bench.runner as runner
+
+    spec = load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(tiny_dir, seeds=(0,))))
+    real = runner.run_cell
+
+    def flaky(spec, cell, key, threads=None):
+        if cell.defence == "fm":
+            raise RuntimeError("out of memory (simulated)")
+        return real(spec, cell, key, threads)
+
+    monkeypatch.setattr(runner, "run_cell", flaky)
+    records = run_bench(spec, tmp_path / "run", progress=False)
+    failed = [r for r in records.values() if r["status"] == "failed"]
+    assert len(records) == 4 and len(failed) == 1 and "out of memory (simulated)" in failed[0]["error"]
+    table = write_report(tmp_path / "run")
+    assert "1 failed cell(s)" in table and "| badnet | ft | 50% | 1 |" in table
+    monkeypatch.setattr(runner, "run_cell", real)
+    assert run_bench(spec, tmp_path / "run", progress=False) == records  # not retried unless asked
+    records = run_bench(spec, tmp_path / "run", retry_failed=True, progress=False)
+    assert all(r["status"] == "done" for r in records.values())
+    fm = next(r for r in records.values() if r["defence"] == "fm")
+    assert fm["details"]["finemixing"]["rho"] == 0.5 and fm["clean_count"] == 100
+
+
+def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):
+    spec = load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(tiny_dir, seeds=(0,))))
+    run_bench(spec, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "results.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "report", str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "### tiny" in proc.stdout and "| badnet | clean model | - | 1 |" in proc.stdout
+    assert (tmp_path / "run" / "results.md").read_text().strip() == proc.stdout.strip()
+    header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("data,attack,defence,method,clean_fraction,seed,status,cacc,asr,trigger_effect")
+    assert len(json.loads((tmp_path / "run" / "results.json").read_text())) == 4
+    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} == {"bars-mr-badnet.png", "asr-vs-cacc.png"}
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "report", str(tmp_path / "nothing")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such run folder" in proc.stderr
