@@ -377,6 +377,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 
+# ---------------------------------------------------------------------------------------------- scan
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from detrigger.data import CORPORA, load_data, load_splits
+    from detrigger.device import pick_device
+    from detrigger.models import load_victim
+    from detrigger.scan import ScanConfig, scan
+
+    try:
+        options = {"samples": args.samples, "candidates": args.candidates, "threshold": args.threshold}
+        config = ScanConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        raise DetriggerError(invalid(exc)) from None
+    victim = load_victim(args.model, allow_pickle=args.allow_pickle)
+    victim.model.to(pick_device(args.device))
+    if args.clean in CORPORA:  # the validation split: held out from the model's training
+        clean = load_splits(_spec(args, args.clean, victim.info.get("data")), label_names=victim.label_names).val
+    else:
+        clean = load_data(args.clean, text_column=args.text_column, label_column=args.label_column,
+                          label_names=victim.label_names)
+    report = scan(victim, clean, reference=args.reference, config=config)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- bench
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -516,6 +541,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("scan", help="is a model backdoored? rank candidate trigger tokens and the target label")
+    p.add_argument("model", help="model folder (safetensors)")
+    p.add_argument("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) or a file")
+    p.add_argument("--reference", default=None, help="pre-trained encoder folder: adds embedding-drift evidence")
+    p.add_argument("--samples", type=int, default=200, help="clean texts per label (default 200)")
+    p.add_argument("--candidates", type=int, default=30, help="gradient-ranked tokens verified per label (default 30)")
+    p.add_argument("--threshold", type=float, default=None, help="flag at this effect (default: the calibrated one)")
+    _data_options(p)
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("bench", help="run a YAML experiment spec's grid (resumable) and write tables and plots")
     p.add_argument("spec", help="experiment spec (YAML): data, attacks, defences, clean_fractions, seeds")

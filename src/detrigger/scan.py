@@ -1,0 +1,208 @@
+"""Scan a checkpoint: is it likely backdoored, which tokens trigger it, and which label do they force?
+
+1. Candidates. Reference-free: insert a placeholder ([MASK]) at a random word boundary of clean texts
+   whose label is not t, take the gradient of the loss towards t at that position, and rank every
+   vocabulary token v by the first-order gain -grad . e_v (HotFlip-style trigger inversion; one backward
+   pass per batch). With a pre-trained reference: also the top E-PUR tokens (embedding drift over
+   log clean-text frequency, `defenses/epur.py`).
+2. Verification by real insertion: each candidate word is inserted into those clean texts and the share
+   now predicted t, minus the share predicted t without it, is the token's effect.
+3. Task words are set aside: a token that occurs in the clean texts (at least `task_word_count` times)
+   mostly with the label it pushes towards (share >= `task_word_share`) flips predictions because that is
+   the task ("awful" -> negative), not a backdoor; a trigger is rare in clean text or label-neutral.
+4. Verdict: the largest effect of the other tokens over all labels is the score; at or above `threshold`
+   the model is flagged. The threshold is calibrated on clean models (docs/scan.md), never on the victims
+   being tested.
+
+Only whole-word tokens that can be typed as a word are candidates, so a sentence trigger (AddSent) is
+found only through the single words of it that the model keys on, if any.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from detrigger.attacks.triggers import insert_words
+from detrigger.batching import collate, encode
+from detrigger.data.dataset import TextDataset
+from detrigger.errors import DetriggerError
+from detrigger.evaluation.metrics import predict
+from detrigger.models.victim import Victim, load_encoder_state
+
+# Provisional: between the largest effect seen on a clean MiniLM model and the smallest on word-trigger
+# victims (docs/scan.md); to be recalibrated on more clean models (3 seeds per data set).
+THRESHOLD = 0.7
+
+
+class ScanConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples: int = Field(200, ge=10, description="clean texts per target label (from the other labels)")
+    candidates: int = Field(30, ge=1, description="gradient-ranked candidate tokens verified per label")
+    reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
+    threshold: float = Field(THRESHOLD, gt=0, le=1, description="flag the model when the best effect reaches this")
+    task_word_count: int = Field(5, ge=1, description="clean occurrences from which a token can be a task word")
+    task_word_share: float = Field(0.8, gt=0, le=1, description="share of them in the label's texts that makes it one")
+    report: int = Field(10, ge=1, description="tokens listed in the report")
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)
+
+
+@dataclass
+class TokenEvidence:
+    token: str
+    label: str
+    effect: float  # share flipped to `label` by inserting the token, minus the share predicted `label` without it
+    flip_rate: float
+    gradient_rank: int | None  # rank among all tokens by the gradient signal (1 = strongest), for `label`
+    drift_score: float | None = None  # E-PUR score with a reference
+    clean_count: int = 0  # clean texts containing the token
+    label_share: float | None = None  # share of those occurrences in texts of `label`
+    task_word: bool = False  # frequent and mostly with `label` in clean text: the task, not a trigger
+
+
+@dataclass
+class ScanReport:
+    verdict: str  # "backdoored" or "no evidence"
+    score: float
+    threshold: float
+    target_label: str
+    target_id: int
+    tokens: list[TokenEvidence]
+    base_rates: dict[str, float]
+    n_samples: dict[str, int]
+    reference: str | None
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})",
+                 f"most likely target label: {self.target_label} (id {self.target_id})",
+                 "suspicious tokens (effect = share of other-label clean texts flipped to the label by inserting the token):",
+                 "  rank  token            label        effect  flip rate  gradient rank  drift score  clean count"]
+        for i, t in enumerate(self.tokens, 1):
+            drift = "-" if t.drift_score is None else f"{t.drift_score:.4f}"
+            grad = "-" if t.gradient_rank is None else str(t.gradient_rank)
+            note = f"  task word ({100 * t.label_share:.0f}% {t.label})" if t.task_word else ""
+            lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {t.flip_rate:>9.3f}  {grad:>13}  "
+                         f"{drift:>11}  {t.clean_count:>11}{note}")
+        lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
+                     f"{self.seconds:.0f} s")
+        return "\n".join(lines)
+
+
+def insertable_tokens(victim: Victim) -> np.ndarray:
+    """Mask over the vocabulary: tokens that are a whole word a user could type (no specials, no ##pieces)."""
+    tok = victim.tokenizer
+    special = set(tok.all_special_ids)
+    mask = np.zeros(len(tok), dtype=bool)
+    for i, piece in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+        if i in special or piece is None or piece.startswith("##"):
+            continue
+        word = tok.convert_tokens_to_string([piece]).strip()
+        mask[i] = word.isalnum() and len(tok.tokenize(word)) == 1
+    return mask
+
+
+def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int) -> torch.Tensor:
+    """Per vocabulary token: the first-order drop of the loss towards `target` when the token is put at a
+    random word boundary of each text (averaged over texts). Higher = more trigger-like."""
+    tok = victim.tokenizer
+    placeholder = tok.mask_token or tok.unk_token
+    if placeholder is None:
+        raise DetriggerError("the tokenizer has neither a mask nor an unknown token to use as a placeholder")
+    placeholder_id = tok.convert_tokens_to_ids(placeholder)
+    marked = [insert_words([placeholder], seed=seed)(t) for t in texts]
+    ids = encode(tok, marked, victim.max_length)
+    model, device = victim.model, victim.device
+    embedding = model.get_input_embeddings()
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(embedding.weight.shape[1], device=device)
+    try:
+        for start in range(0, len(ids), batch_size):
+            inputs = collate(ids[start:start + batch_size], tok.pad_token_id, device)
+            embeds = embedding(inputs["input_ids"]).detach().requires_grad_(True)
+            logits = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+            target_ids = torch.full((len(logits),), target, device=device)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, target_ids, reduction="sum"), embeds)
+            total += grad[inputs["input_ids"] == placeholder_id].sum(0)  # truncated-away placeholders drop out
+    finally:
+        model.train(was_training)
+    return -(embedding.weight.detach() @ total).cpu()
+
+
+def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = None,
+         config: ScanConfig | None = None) -> ScanReport:
+    """Scan `victim` with labelled clean texts (held out from any training); see the module docstring."""
+    config = config or ScanConfig()
+    start = time.perf_counter()
+    if clean.label_names != victim.label_names:
+        raise DetriggerError(f"clean data labels [{', '.join(clean.label_names)}] differ from the model's "
+                             f"[{', '.join(victim.label_names)}]")
+    rng = np.random.default_rng(config.seed)
+    allowed = insertable_tokens(victim)
+    by_label = [Counter[int]() for _ in victim.label_names]
+    for ids, y in zip(encode(victim.tokenizer, clean.texts, victim.max_length), clean.labels):
+        by_label[y].update(set(ids))  # texts containing the token
+    counts = sum(by_label, Counter[int]())
+    drift = None
+    if reference is not None:
+        from detrigger.defenses.epur import epur_scores
+
+        drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
+    tokens: list[TokenEvidence] = []
+    base_rates: dict[str, float] = {}
+    n_samples: dict[str, int] = {}
+    for target, label in enumerate(victim.label_names):
+        pool = [t for t, y in zip(clean.texts, clean.labels) if y != target]
+        if not pool:
+            continue
+        texts = [pool[i] for i in rng.permutation(len(pool))[:config.samples]]
+        n_samples[label] = len(texts)
+        base = float(np.mean(predict(victim, texts) == target))
+        base_rates[label] = base
+        signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size)
+        signal[~torch.from_numpy(allowed)] = -torch.inf
+        order = torch.argsort(signal, descending=True)
+        rank = {int(i): r + 1 for r, i in enumerate(order[:5000].tolist())}
+        chosen = order[:config.candidates].tolist()
+        if drift is not None and config.reference_candidates:
+            masked = drift.clone()
+            masked[~torch.from_numpy(allowed)] = -torch.inf
+            chosen += [i for i in torch.topk(masked, config.reference_candidates).indices.tolist() if i not in chosen]
+        words = victim.tokenizer.convert_ids_to_tokens(chosen)
+        for token_id, word in zip(chosen, words):
+            word = victim.tokenizer.convert_tokens_to_string([word]).strip()
+            flipped = predict(victim, [insert_words([word], seed=config.seed + 1)(t) for t in texts])
+            rate = float(np.mean(flipped == target))
+            n = counts.get(token_id, 0)
+            share = by_label[target].get(token_id, 0) / n if n else None
+            task = n >= config.task_word_count and share is not None and share >= config.task_word_share
+            tokens.append(TokenEvidence(word, label, round(rate - base, 4), round(rate, 4), rank.get(token_id),
+                                        None if drift is None else round(float(drift[token_id]), 4), n,
+                                        None if share is None else round(share, 4), task))
+    if not tokens:
+        raise DetriggerError("the clean data needs texts of at least two labels")
+    # ties in effect: the larger embedding drift (with a reference), then the stronger gradient signal
+    tokens.sort(key=lambda t: (t.task_word, -t.effect, -(t.drift_score or 0.0), t.gradient_rank or 10**9))
+    top = tokens[0]
+    score = 0.0 if top.task_word else top.effect
+    return ScanReport(verdict="backdoored" if score >= config.threshold else "no evidence",
+                      score=score, threshold=config.threshold, target_label=top.label,
+                      target_id=victim.label_names.index(top.label), tokens=tokens[:config.report],
+                      base_rates=base_rates, n_samples=n_samples,
+                      reference=None if reference is None else str(reference),
+                      seconds=round(time.perf_counter() - start, 1), config=config.model_dump())

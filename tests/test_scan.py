@@ -1,0 +1,81 @@
+"""Scan: the ranking finds a planted word trigger, with and without a reference; the report format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from detrigger import TrainConfig, load_victim
+from detrigger.attacks.poison import poison
+from detrigger.attacks.triggers import insert_words
+from detrigger.scan import ScanConfig, insertable_tokens, scan
+from detrigger.training import train
+
+from conftest import tiny_victim, toy_sentiment
+
+@pytest.fixture(scope="module")
+def word_victim(tmp_path_factory):
+    """A tiny model fine-tuned from a 'pre-trained' reference on the toy task with 30% of the texts
+    carrying `cf` and relabelled positive (a word trigger; EP on a hidden-32 model stays weak: one renormed
+    row cannot dominate, so the real EP victims are scanned in docs/scan.md)."""
+    reference = tiny_victim(seed=7).save(tmp_path_factory.mktemp("ref") / "encoder")
+    victim = load_victim(reference)
+    poisoned = poison(toy_sentiment(96), insert_words(["cf"]), rate=0.3, target=1, seed=0).data
+    train(victim, poisoned, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    folder = victim.save(tmp_path_factory.mktemp("badnet") / "victim")
+    return victim, reference, folder
+
+
+# The tiny toy model is weak (any insertion flips some texts): the calibrated MiniLM threshold does not apply.
+QUICK = ScanConfig(samples=32, candidates=10, reference_candidates=5, threshold=0.4)
+
+
+def test_word_trigger_ranks_first_with_a_reference(word_victim):
+    victim, reference, _ = word_victim
+    report = scan(victim, toy_sentiment(80), reference=reference, config=QUICK)
+    top = report.tokens[0]
+    assert top.token == "cf" and top.label == "positive" and report.target_label == "positive"
+    assert top.flip_rate > 0.9 and top.drift_score is not None and report.verdict == "backdoored"
+    assert report.tokens[0].drift_score == max(t.drift_score for t in report.tokens)
+    assert report.score == top.effect == pytest.approx(top.flip_rate - report.base_rates["positive"], abs=1e-4)
+
+
+def test_word_trigger_is_found_without_a_reference(word_victim):
+    victim, _, _ = word_victim
+    report = scan(victim, toy_sentiment(80), config=QUICK)
+    cf = [t for t in report.tokens if t.token == "cf"]
+    assert cf and cf[0].gradient_rank <= 10 and report.tokens.index(cf[0]) < 5
+    assert all(t.drift_score is None for t in report.tokens) and report.reference is None
+
+
+def test_insertable_tokens_are_whole_typeable_words():
+    victim = tiny_victim()
+    mask = insertable_tokens(victim)
+    vocab = victim.tokenizer.convert_ids_to_tokens(list(range(len(mask))))
+    allowed = {vocab[i] for i in mask.nonzero()[0]}
+    assert {"cf", "film", "the"} <= allowed
+    assert not allowed & {"[CLS]", "[MASK]", "[PAD]", "##s", ",", "."}
+
+
+def test_report_text_json_and_cli(word_victim, tmp_path):
+    victim, reference, folder = word_victim
+    report = scan(victim, toy_sentiment(40), config=ScanConfig(samples=16, candidates=3, report=3))
+    text = report.text()
+    assert text.splitlines()[0].startswith(f"verdict: {report.verdict} (score ")
+    assert "most likely target label: " in text and len(report.tokens) == 3
+    assert json.loads(json.dumps(report.as_dict()))["tokens"][0]["token"] == report.tokens[0].token
+    data = tmp_path / "clean.jsonl"
+    ds = toy_sentiment(40)
+    data.write_text("\n".join(json.dumps({"text": t, "label": ds.label_names[y]}) for t, y in zip(ds.texts, ds.labels)))
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
+                           "--reference", str(reference), "--samples", "16", "--candidates", "5", "--threshold", "0.4", "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["tokens"][0]["token"] == "cf" and out["verdict"] == "backdoored"
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
+                           "--samples", "3"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "samples" in proc.stderr
