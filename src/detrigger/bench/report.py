@@ -28,9 +28,14 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     if not records:
         raise DetriggerError(f"{run_dir}: no records (run `detrigger bench SPEC --out {run_dir}` first)")
     spec_file = run_dir / "spec.json"
-    if title is None and spec_file.is_file():
-        title = json.loads(spec_file.read_text()).get("name")
+    spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
+    title = title or spec.get("name")
+    ranks = _defence_ranks(spec)
+    for r in records:  # rows follow the spec's order of defences
+        r["_rank"] = ranks.get(r["defence"], len(ranks))
     records.sort(key=_order)
+    for r in records:
+        del r["_rank"]
     write_json(run_dir / "results.json", records)
     _write_text(run_dir / "results.csv", _csv(records))
     table = markdown(records, title)
@@ -39,9 +44,16 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     return table
 
 
+def _defence_ranks(spec: dict[str, Any]) -> dict[str, int]:
+    """Table position of each defence name: the baselines, then the spec's defences in its order."""
+    names = list(BASELINES)
+    for d in spec.get("defences", []):
+        names.append(d.get("name") or d["method"])
+    return {name: i for i, name in enumerate(names)}
+
+
 def _order(r: dict[str, Any]) -> tuple:
-    rank = BASELINES.index(r["defence"]) if r["defence"] in BASELINES else len(BASELINES)
-    return (r["data"], r["attack"], r["clean_fraction"] or 0, rank, r["defence"], r["seed"])
+    return (r["data"], r["attack"], r["clean_fraction"] or 0, r.get("_rank", 0), r["defence"], r["seed"])
 
 
 def _rho(r: dict[str, Any]) -> float | None:
@@ -67,9 +79,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def groups(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """Finished records by (data, attack, defence, clean fraction), in table order."""
+    """Finished records by (data, attack, defence, clean fraction), in the records' (table) order."""
     out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in sorted(records, key=_order):
+    for r in records:
         if r["status"] == "done":
             out[(r["data"], r["attack"], r["defence"], r["clean_fraction"])].append(r)
     return out
@@ -135,7 +147,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_ylabel("%")
         ax.set_ylim(0, 100)
         ax.set_title(f"{data} / {attack}")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         written.append(_save(fig, out / f"bars-{data}-{attack}.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -151,7 +163,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_xlabel("CACC (%)")
     ax.set_ylabel("ASR (%)")
     ax.set_title("ASR vs CACC (marker: attack)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     written.append(_save(fig, out / "asr-vs-cacc.png"))
 
     curves = [(r, step["curve"]) for r in records if r["status"] == "done"
