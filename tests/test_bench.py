@@ -188,3 +188,12 @@ def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "report", str(tmp_path / "nothing")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such run folder" in proc.stderr
+
+
+def test_bench_cli_bad_spec_is_one_line_and_writes_nothing(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", {"data": ["mr"], "attacks": [{"attack": "badnet", "rate": 2}]})
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "bench", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"{path}: attacks.0.rate: Input should be less than or equal to 1" in proc.stderr
+    assert not (tmp_path / "run").exists()
