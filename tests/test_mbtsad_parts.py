@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -121,3 +123,19 @@ def test_distillation_term_pulls_the_student_towards_the_teacher():
     inputs, out = batch_outputs(student, list(data.texts[:8]))
     assert term(inputs, out).item() < before
     assert not any(p.requires_grad for p in teacher.model.parameters())
+
+
+def test_representation_plot_cli_writes_both_projections(tiny_dir, tmp_path):
+    from detrigger.evaluation.representations import sentence_vectors
+
+    victim = tiny_victim()
+    cls, mean = sentence_vectors(victim, ["a film", "the plot was fine"]), sentence_vectors(victim, ["a film"], "mean")
+    assert cls.shape == (2, 32) and mean.shape == (1, 32) and not np.allclose(cls[0], mean[0])
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "plot", "representations", str(tiny_dir), str(tiny_dir),
+                           "--data", "mr", "--samples", "20", "--trigger-word", "cf", "--out", str(tmp_path / "img")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "img").iterdir()} == {"representations-pca.png", "representations-tsne.png"}
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "plot", "representations", str(tiny_dir),
+                           "--data", "mr", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "give --trigger-word" in proc.stderr and not (tmp_path / "x").exists()

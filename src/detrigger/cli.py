@@ -375,7 +375,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- parser
+# ---------------------------------------------------------------------------------------------- plot
+
+def cmd_plot_representations(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from detrigger.attacks import trigger_from_card
+    from detrigger.data import CORPORA, load_data, load_splits
+    from detrigger.defenses.splitting import split_text
+    from detrigger.device import pick_device
+    from detrigger.evaluation.representations import plot_representations
+    from detrigger.models import load_victim
+
+    device = pick_device(args.device)
+    models = {}
+    for folder in args.models:
+        victim = load_victim(folder, allow_pickle=args.allow_pickle)
+        victim.model.to(device)
+        models[Path(folder).name] = victim
+    first = next(iter(models.values()))
+    trigger = _trigger(args)
+    target = _target_id(args.target, first.label_names) if trigger else None
+    card_path = _card_path(Path(args.models[0]))
+    if trigger is None:
+        if not card_path.is_file():
+            raise DetriggerError("give --trigger-word or --trigger-sentence (the first model has no attack card)")
+        trigger, target = trigger_from_card(json.loads(card_path.read_text()))
+    if args.data in CORPORA:
+        data = load_splits(_spec(args, args.data, first.info.get("data")), label_names=first.label_names).test
+    else:
+        data = load_data(args.data, text_column=args.text_column, label_column=args.label_column,
+                         label_names=first.label_names)
+    pool = [t for t, y in zip(data.texts, data.labels) if y != target]
+    seed = args.seed if args.seed is not None else 0
+    rng = np.random.default_rng(seed)
+    texts = [pool[i] for i in rng.permutation(len(pool))[:args.samples]]
+    groups = {"clean": texts, "token-split": [split_text(t, rng) for t in texts],
+              "triggered": [trigger(t) for t in texts]}
+    for path in plot_representations(models, groups, args.out, pooling=args.pooling, seed=seed):
+        print(f"wrote {path}")
+    return 0
+
 
 # ---------------------------------------------------------------------------------------------- scan
 
@@ -428,6 +468,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(write_report(args.run_dir))
     return 0
 
+
+# ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detrigger", description="Find and remove backdoors in fine-tuned "
@@ -541,6 +583,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
+
+    plot = sub.add_parser("plot", help="figures: the representation picture (PCA / t-SNE)")
+    plot_sub = plot.add_subparsers(dest="plot_command", required=True, metavar="FIGURE")
+    p = plot_sub.add_parser("representations", help="2-D PCA and t-SNE of sentence vectors of clean, token-split "
+                            "and triggered text, a panel per model")
+    p.add_argument("models", nargs="+", help="model folders (e.g. the victim, an MBTSAD teacher, the repaired model)")
+    p.add_argument("--data", required=True, help="texts: a built-in corpus (its test split) or a file")
+    p.add_argument("--out", required=True, help="folder for representations-pca.png and representations-tsne.png")
+    p.add_argument("--samples", type=int, default=300, help="non-target texts per group (default 300)")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="sentence vector (default cls)")
+    p.add_argument("--trigger-word", action="append", metavar="WORD", help="trigger word (default: the first model's card)")
+    p.add_argument("--trigger-sentence", default=None, help="trigger sentence")
+    p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
+    p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
+    p.add_argument("--target", default="1", help="target label, name or id (default 1)")
+    _data_options(p)
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (trusted files only)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.set_defaults(func=cmd_plot_representations)
 
     p = sub.add_parser("scan", help="is a model backdoored? rank candidate trigger tokens and the target label")
     p.add_argument("model", help="model folder (safetensors)")
