@@ -197,3 +197,16 @@ def test_bench_cli_bad_spec_is_one_line_and_writes_nothing(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert f"{path}: attacks.0.rate: Input should be less than or equal to 1" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_plots_draw_only_mixing_curves_as_rho_curves(tmp_path):
+    from detrigger.bench.report import plot
+
+    base = {"status": "done", "data": "mr", "attack": "badnet", "clean_fraction": 0.2, "seed": 0, "cacc": 0.8,
+            "asr": 0.3}
+    records = [{**base, "defence": "finepruning", "details": {"finepruning": {"curve": [{"ratio": 0.1, "val_accuracy": 0.8}]}}},
+               {**base, "defence": "fm", "details": {"epur": {}, "finemixing": {"curve": [
+                   {"rho": 0.1, "val_accuracy": 0.8}, {"rho": 0.3, "val_accuracy": 0.85}]}}}]
+    names = {p.name for p in plot(records, tmp_path)}
+    assert names == {"bars-mr-badnet.png", "asr-vs-cacc.png", "rho-curve.png"}
+    assert {p.name for p in plot(records[:1], tmp_path / "fp")} == {"bars-mr-badnet.png", "asr-vs-cacc.png"}

@@ -38,9 +38,9 @@ from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import predict
 from detrigger.models.victim import Victim, load_encoder_state
 
-# Provisional: between the largest effect seen on a clean MiniLM model and the smallest on word-trigger
-# victims (docs/scan.md); to be recalibrated on more clean models (3 seeds per data set).
-THRESHOLD = 0.7
+# Provisional: between the largest effect seen on a clean MiniLM model (0.52) and on a BadNet victim (0.755)
+# on MR (docs/scan.md); to be recalibrated on clean models of 3 seeds per data set.
+THRESHOLD = 0.65
 
 
 class ScanConfig(BaseModel):

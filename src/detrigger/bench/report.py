@@ -166,8 +166,8 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     written.append(_save(fig, out / "asr-vs-cacc.png"))
 
-    curves = [(r, step["curve"]) for r in records if r["status"] == "done"
-              for step in (r.get("details") or {}).values() if step.get("curve")]
+    curves = [(r, step["curve"]) for r in records if r["status"] == "done"  # not fine-pruning's ratio curve
+              for name, step in (r.get("details") or {}).items() if name in ("mixing", "finemixing") and step.get("curve")]
     if curves:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for r, curve in curves:
