@@ -158,7 +158,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
         for key, rs in table.items():
             if key[2] == defence:
                 cacc, asr = mean_std([r["cacc"] for r in rs]), mean_std([r["asr"] for r in rs])
-                ax.scatter(cacc[0], asr[0], color=f"C{i % 10}", marker=markers[key[1]], s=40, label=label)
+                ax.scatter(cacc[0], asr[0], color=plt.cm.tab20(i % 20), marker=markers[key[1]], s=40, label=label)
                 label = None
     ax.set_xlabel("CACC (%)")
     ax.set_ylabel("ASR (%)")
