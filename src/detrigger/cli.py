@@ -59,6 +59,34 @@ def _spec(args: argparse.Namespace, source: str, recorded: dict | None = None):
         raise DetriggerError(invalid(exc)) from None
 
 
+def _labelled(args: argparse.Namespace, source: str, victim, split: str):
+    """Labelled texts for a model, on its labels: `split` (train/val/test) of `source` split as recorded with
+    the model, or all of it with `split="all"`."""
+    from detrigger.data import load_data, load_splits
+
+    if split != "all":
+        return getattr(load_splits(_spec(args, source, victim.info.get("data")), label_names=victim.label_names), split)
+    return load_data(source, text_column=args.text_column, label_column=args.label_column,
+                     label_names=victim.label_names)
+
+
+def _trigger_and_target(args: argparse.Namespace, model: Path, label_names: Sequence[str]):
+    """The trigger and target from the options, else from the model's (or its victim's) attack card;
+    (None, None) when neither exists. Evaluation and plots only: never a defence."""
+    from detrigger.attacks import trigger_from_card
+
+    trigger = _trigger(args)
+    if trigger:
+        return trigger, _target_id(args.target, label_names)
+    card_path = _card_path(model)
+    if not card_path.is_file():
+        return None, None
+    try:
+        return trigger_from_card(json.loads(card_path.read_text()))
+    except (ValueError, KeyError) as exc:
+        raise DetriggerError(f"{card_path}: not a valid attack card ({exc})".splitlines()[0]) from None
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 def cmd_data_list(args: argparse.Namespace) -> int:
@@ -326,22 +354,14 @@ def _card_path(model: Path) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detrigger.attacks import trigger_from_card
-    from detrigger.data import CORPORA, load_data, load_splits
+    from detrigger.data import CORPORA
     from detrigger.device import pick_device
     from detrigger.evaluation import evaluate
     from detrigger.models import load_victim
 
-    trigger = _trigger(args)
     device = pick_device(args.device)
     victim = load_victim(args.model, allow_pickle=args.allow_pickle)
-    target = _target_id(args.target, victim.label_names) if trigger else None
-    card_path = _card_path(Path(args.model))
-    if trigger is None and card_path.is_file():  # evaluation (never a defence) may read the attack card
-        try:
-            trigger, target = trigger_from_card(json.loads(card_path.read_text()))
-        except (ValueError, KeyError) as exc:
-            raise DetriggerError(f"{card_path}: not a valid attack card ({exc})".splitlines()[0]) from None
+    trigger, target = _trigger_and_target(args, Path(args.model), victim.label_names)
     victim.model.to(device)
     reference = None
     if args.reference:
@@ -351,12 +371,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise DetriggerError(f"{args.reference}: labels [{', '.join(reference.label_names)}] differ from "
                                  f"the model's [{', '.join(victim.label_names)}]")
     split = args.split or ("test" if args.data in CORPORA else "all")
-    if split == "all":
-        test = load_data(args.data, text_column=args.text_column, label_column=args.label_column,
-                         label_names=victim.label_names)
-    else:
-        splits = load_splits(_spec(args, args.data, victim.info.get("data")), label_names=victim.label_names)
-        test = getattr(splits, split)
+    test = _labelled(args, args.data, victim, split)
     m = evaluate(victim, test, trigger=trigger, target=target, reference=reference)
     if args.json:
         print(json.dumps({"model": args.model, "data": args.data, "split": split, **m.as_dict()}, indent=2))
@@ -380,8 +395,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot_representations(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from detrigger.attacks import trigger_from_card
-    from detrigger.data import CORPORA, load_data, load_splits
+    from detrigger.data import CORPORA
     from detrigger.defenses.splitting import split_text
     from detrigger.device import pick_device
     from detrigger.evaluation.representations import plot_representations
@@ -394,18 +408,10 @@ def cmd_plot_representations(args: argparse.Namespace) -> int:
         victim.model.to(device)
         models[Path(folder).name] = victim
     first = next(iter(models.values()))
-    trigger = _trigger(args)
-    target = _target_id(args.target, first.label_names) if trigger else None
-    card_path = _card_path(Path(args.models[0]))
+    trigger, target = _trigger_and_target(args, Path(args.models[0]), first.label_names)
     if trigger is None:
-        if not card_path.is_file():
-            raise DetriggerError("give --trigger-word or --trigger-sentence (the first model has no attack card)")
-        trigger, target = trigger_from_card(json.loads(card_path.read_text()))
-    if args.data in CORPORA:
-        data = load_splits(_spec(args, args.data, first.info.get("data")), label_names=first.label_names).test
-    else:
-        data = load_data(args.data, text_column=args.text_column, label_column=args.label_column,
-                         label_names=first.label_names)
+        raise DetriggerError("give --trigger-word or --trigger-sentence (the first model has no attack card)")
+    data = _labelled(args, args.data, first, "test" if args.data in CORPORA else "all")
     pool = [t for t, y in zip(data.texts, data.labels) if y != target]
     seed = args.seed if args.seed is not None else 0
     rng = np.random.default_rng(seed)
@@ -420,7 +426,7 @@ def cmd_plot_representations(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- scan
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from detrigger.data import CORPORA, load_data, load_splits
+    from detrigger.data import CORPORA
     from detrigger.device import pick_device
     from detrigger.models import load_victim
     from detrigger.scan import ScanConfig, scan
@@ -432,11 +438,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise DetriggerError(invalid(exc)) from None
     victim = load_victim(args.model, allow_pickle=args.allow_pickle)
     victim.model.to(pick_device(args.device))
-    if args.clean in CORPORA:  # the validation split: held out from the model's training
-        clean = load_splits(_spec(args, args.clean, victim.info.get("data")), label_names=victim.label_names).val
-    else:
-        clean = load_data(args.clean, text_column=args.text_column, label_column=args.label_column,
-                          label_names=victim.label_names)
+    clean = _labelled(args, args.clean, victim, "val" if args.clean in CORPORA else "all")  # held out
     report = scan(victim, clean, reference=args.reference, config=config)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0
