@@ -51,6 +51,16 @@ def test_word_trigger_is_found_without_a_reference(word_victim):
     assert all(t.drift_score is None for t in report.tokens) and report.reference is None
 
 
+def test_screening_keeps_the_trigger_and_measures_only_the_best(word_victim):
+    victim, reference, _ = word_victim
+    config = QUICK.model_copy(update={"screen_samples": 12, "verify": 3})
+    report = scan(victim, toy_sentiment(80), reference=reference, config=config)
+    assert report.tokens[0].token == "cf" and report.target_label == "positive"
+    assert len(report.tokens) == 2 * 3  # only the verified candidates of each label are reported
+    full = scan(victim, toy_sentiment(80), reference=reference, config=QUICK)
+    assert report.tokens[0].effect == full.tokens[0].effect  # verified on the same texts as without screening
+
+
 def test_insertable_tokens_are_whole_typeable_words():
     victim = tiny_victim()
     mask = insertable_tokens(victim)

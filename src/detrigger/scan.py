@@ -5,8 +5,10 @@
    vocabulary token v by the first-order gain -grad . e_v (HotFlip-style trigger inversion; one backward
    pass per batch). With a pre-trained reference: also the top E-PUR tokens (embedding drift over
    log clean-text frequency, `defenses/epur.py`).
-2. Verification by real insertion: each candidate word is inserted into those clean texts and the share
-   now predicted t, minus the share predicted t without it, is the token's effect.
+2. Verification by real insertion: each candidate word is inserted into clean texts and the share now
+   predicted t, minus the share predicted t without it, is the token's effect. Two stages for speed: every
+   candidate is screened on `screen_samples` texts, and only the `verify` best are measured on all
+   `samples` texts (the reported effects are these full measurements).
 3. Task words are set aside: a token that occurs in the clean texts (at least `task_word_count` times)
    mostly with the label it pushes towards (share >= `task_word_share`) flips predictions because that is
    the task ("awful" -> negative), not a backdoor; a trigger is rare in clean text or label-neutral.
@@ -47,8 +49,10 @@ class ScanConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     samples: int = Field(200, ge=10, description="clean texts per target label (from the other labels)")
-    candidates: int = Field(30, ge=1, description="gradient-ranked candidate tokens verified per label")
+    candidates: int = Field(30, ge=1, description="gradient-ranked candidate tokens screened per label")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
+    screen_samples: int = Field(50, ge=0, description="texts each candidate is screened on (0: no screening)")
+    verify: int = Field(10, ge=1, description="best screened candidates per label measured on all samples")
     threshold: float = Field(THRESHOLD, gt=0, le=1, description="flag the model when the best effect reaches this")
     task_word_count: int = Field(5, ge=1, description="clean occurrences from which a token can be a task word")
     task_word_share: float = Field(0.8, gt=0, le=1, description="share of them in the label's texts that makes it one")
@@ -183,14 +187,28 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             masked = drift.clone()
             masked[~torch.from_numpy(allowed)] = -torch.inf
             chosen += [i for i in torch.topk(masked, config.reference_candidates).indices.tolist() if i not in chosen]
-        words = victim.tokenizer.convert_ids_to_tokens(chosen)
-        for token_id, word in zip(chosen, words):
-            word = victim.tokenizer.convert_tokens_to_string([word]).strip()
-            flipped = predict(victim, [insert_words([word], seed=config.seed + 1)(t) for t in texts])
-            rate = float(np.mean(flipped == target))
+        words = [victim.tokenizer.convert_tokens_to_string([w]).strip()
+                 for w in victim.tokenizer.convert_ids_to_tokens(chosen)]
+        insert = {w: insert_words([w], seed=config.seed + 1) for w in words}
+
+        def flip_rate(word: str, sample: list[str]) -> float:
+            return float(np.mean(predict(victim, [insert[word](t) for t in sample]) == target))
+
+        def evidence(token_id: int) -> tuple[int, float | None, bool]:
             n = counts.get(token_id, 0)
             share = by_label[target].get(token_id, 0) / n if n else None
-            task = n >= config.task_word_count and share is not None and share >= config.task_word_share
+            return n, share, n >= config.task_word_count and share is not None and share >= config.task_word_share
+
+        kept = list(zip(chosen, words))
+        if 0 < config.screen_samples < len(texts) and len(kept) > config.verify:
+            screen = texts[:config.screen_samples]  # already a random draw
+            # task words cannot be the verdict, so they do not take the places; ties as in the final order
+            drifts = {i: 0.0 if drift is None else float(drift[i]) for i in chosen}
+            kept.sort(key=lambda item: (evidence(item[0])[2], -flip_rate(item[1], screen), -drifts[item[0]]))
+            kept = kept[:config.verify]
+        for token_id, word in kept:
+            rate = flip_rate(word, texts)
+            n, share, task = evidence(token_id)
             tokens.append(TokenEvidence(word, label, round(rate - base, 4), round(rate, 4), rank.get(token_id),
                                         None if drift is None else round(float(drift[token_id]), 4), n,
                                         None if share is None else round(share, 4), task))
