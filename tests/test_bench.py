@@ -185,6 +185,12 @@ def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):
     assert header.startswith("data,attack,defence,method,clean_fraction,seed,status,cacc,asr,trigger_effect")
     assert len(json.loads((tmp_path / "run" / "results.json").read_text())) == 4
     assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} == {"bars-mr-badnet.png", "asr-vs-cacc.png"}
+    saved = json.loads((tmp_path / "run" / "spec.json").read_text())  # the spec changes: fm is dropped
+    (tmp_path / "run" / "spec.json").write_text(json.dumps({**saved, "defences": saved["defences"][:1]}))
+    write_report(tmp_path / "run")
+    assert {r["defence"] for r in json.loads((tmp_path / "run" / "results.json").read_text())} == {
+        "clean model", "no defence", "ft"}  # the stale record stays on disk but out of the report
+    assert len(load_records(tmp_path / "run")) == 4
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "report", str(tmp_path / "nothing")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such run folder" in proc.stderr

@@ -6,17 +6,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from detrigger.bench.runner import load_records
-from detrigger.bench.spec import BASELINES
+from detrigger.bench.runner import cell_key, load_records
+from detrigger.bench.spec import BASELINES, BenchSpec
 from detrigger.errors import DetriggerError
 from detrigger.io import write_json
 
 METRICS = ("cacc", "asr", "trigger_effect", "ra", "target_rate", "asr_floor")
+log = logging.getLogger(__name__)
+
 CSV_COLUMNS = ("data", "attack", "defence", "method", "clean_fraction", "seed", "status", *METRICS, "seconds",
                "peak_memory_mb", "clean_count", "rho", "error")
 
@@ -25,10 +28,16 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     """Write results.json, results.csv, results.md and plots/ in `run_dir`; return the Markdown table."""
     run_dir = Path(run_dir)
     records = list(load_records(run_dir).values())
-    if not records:
-        raise DetriggerError(f"{run_dir}: no records (run `detrigger bench SPEC --out {run_dir}` first)")
     spec_file = run_dir / "spec.json"
     spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
+    if spec:  # records of cells the spec no longer has (a changed default, a removed row) stay out
+        keys = {cell_key(bench, cell) for bench in [BenchSpec(**spec)] for cell in bench.cells()}
+        stale = sum(r["key"] not in keys for r in records)
+        if stale:
+            log.info("%s: %d records of cells not in the current spec are left out", run_dir, stale)
+        records = [r for r in records if r["key"] in keys]
+    if not records:
+        raise DetriggerError(f"{run_dir}: no records (run `detrigger bench SPEC --out {run_dir}` first)")
     title = title or spec.get("name")
     ranks = _defence_ranks(spec)
     for r in records:  # rows follow the spec's order of defences
