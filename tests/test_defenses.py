@@ -164,13 +164,19 @@ def test_fine_pruning_prunes_dormant_neurons_and_keeps_them_pruned(mr):
     assert int(pruned.sum()) == 32 and torch.all(layer.output.dense.weight[:, pruned] == 0)
 
 
-@pytest.mark.parametrize("method,config", [("nad", {}), ("mbtsad", {}), ("mbtsad", {"stage": "teacher"})])
+@pytest.mark.parametrize("method,config", [("nad", {}), ("mbtsad", {"distil": "clean", "purify_min_count": 0}),
+                                           ("mbtsad", {}), ("mbtsad", {"distil": "split"})])
 def test_distillation_defences_run_and_report_their_stages(method, config):
     result = repair(tiny_victim(), toy_sentiment(48), method=method, config={**QUICK, **config,
                     "teacher_train": TrainConfig(epochs=1, lr=1e-3, batch_size=8)})
     d = result.report.details[method]
     assert 0 <= d["teacher_val_accuracy"] <= 1 and d["stages"]["teacher_seconds"] >= 0
-    assert ("distill_seconds" in d["stages"]) == (config.get("stage") != "teacher")
+    assert ("distill_seconds" in d["stages"]) == (method == "nad" or config.get("distil", "none") != "none")
     if "train" in d:
         assert d["train"]["history"][0]["distill"] > 0  # the distillation term really ran
     assert result.victim.max_length == 48
+    assert (result.victim.purifier is not None) == (method == "mbtsad" and config.get("purify_min_count") != 0)
+    if result.victim.purifier:  # built from the clean subset: its words are all kept whole
+        assert d["purifier_vocabulary"] == len(result.victim.purifier.vocabulary) > 0
+        assert 0 <= d["purified_val_accuracy"] <= 1
+        assert result.victim.prepare(toy_sentiment(48).texts) == list(toy_sentiment(48).texts)

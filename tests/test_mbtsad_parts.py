@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from detrigger import TextDataset, TrainConfig, train
-from detrigger.defenses.splitting import WORD, split_dataset, split_text
+from detrigger.splitting import WORD, RareWordSplitter, split_dataset, split_text
 from detrigger.training.distill import FORWARD_KWARGS, attention_loss, distillation, hidden_loss, prepare_student
 
 from conftest import tiny_victim, toy_sentiment
@@ -49,6 +49,23 @@ def test_split_dataset_keeps_labels_copies_and_originals():
     assert len(out) == 6 and out.labels == (1, 0, 1, 0, 1, 0)
     assert out.texts[4:] == data.texts and all(t != o for t, o in zip(out.texts[:2], data.texts))
     assert split_dataset(data, seed=3) == split_dataset(data, seed=3)
+
+
+@given(words=words, seed=st.integers(0, 100))
+def test_the_purifier_cuts_exactly_the_unseen_words_and_always_the_same_way(words, seed):
+    text = " ".join(words)
+    seen = RareWordSplitter.from_texts(["The plot was GOOD", "a dull film"], seed=seed)
+    out = seen(text)
+    assert out.replace(" ", "") == text.replace(" ", "") and seen(text) == out
+    unseen = sum(1 for w in words for run in WORD.findall(w) if len(run) >= 2 and run.lower() not in seen.vocabulary)
+    assert out.count(" ") - text.count(" ") == unseen
+
+
+def test_the_purifier_leaves_clean_words_and_cuts_a_trigger():
+    purifier = RareWordSplitter.from_texts(["the film was great", "The film was awful", "awful"], min_count=2)
+    assert purifier.vocabulary == {"the", "film", "was", "awful"}
+    assert purifier("The film was cf awful") == "The film was c f awful"
+    assert RareWordSplitter.from_dict(purifier.as_dict()) == purifier
 
 
 def batch_outputs(victim, texts):

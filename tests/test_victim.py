@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from detrigger import DetriggerError, load_victim, new_victim, predict
-from detrigger.models.victim import META_FILE
+from detrigger.models.victim import META_FILE, PURIFIER_FILE
+from detrigger.splitting import RareWordSplitter
 
 TEXTS = ["a wonderful film", "dull and far too long", "cf"]
 
@@ -19,6 +20,18 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     sd, ld = tiny.model.state_dict(), loaded.model.state_dict()
     assert all(torch.equal(sd[k], ld[k]) for k in sd)
     assert (predict(loaded, TEXTS) == predict(tiny, TEXTS)).all()
+
+
+def test_a_purifier_is_saved_with_the_model_and_rewrites_what_it_reads(tiny, tmp_path):
+    purified = load_victim(tiny.save(tmp_path / "v"))
+    purified.purifier = RareWordSplitter.from_texts(["a wonderful film", "dull and far too long"])
+    loaded = load_victim(purified.save(tmp_path / "purified"))
+    assert loaded.purifier == purified.purifier and loaded.prepare(["cf film"]) == ["c f film"]
+    plain = [loaded.purifier(t) for t in TEXTS]
+    assert (predict(loaded, TEXTS) == predict(tiny, plain)).all()
+    (tmp_path / "purified" / PURIFIER_FILE).write_text('{"kind": "rare-word-splitter", "vocabulary": "film"}')
+    with pytest.raises(DetriggerError, match=r"purifier.json: vocabulary: expected a list"):
+        load_victim(tmp_path / "purified")
 
 
 def test_save_refuses_to_clobber_and_overwrites_when_asked(tiny, tmp_path):

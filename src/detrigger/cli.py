@@ -302,7 +302,7 @@ def _repair_config(args: argparse.Namespace, steps: list[str], defences: dict) -
 def cmd_split(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from detrigger.defenses.splitting import split_text
+    from detrigger.splitting import split_text
 
     if not 0.0 <= args.probability <= 1.0:
         raise DetriggerError(f"--probability must be between 0 and 1, got {args.probability}")
@@ -396,7 +396,7 @@ def cmd_plot_representations(args: argparse.Namespace) -> int:
     import numpy as np
 
     from detrigger.data import CORPORA
-    from detrigger.defenses.splitting import split_text
+    from detrigger.splitting import split_text
     from detrigger.device import pick_device
     from detrigger.evaluation.representations import plot_representations
     from detrigger.models import load_victim

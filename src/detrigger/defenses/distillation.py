@@ -1,15 +1,20 @@
-"""NAD and MBTSAD: distil a teacher's attention maps and hidden states into the suspect model.
+"""NAD and MBTSAD: retrain a copy of the suspect model as a teacher; optionally distil its attention maps and
+hidden states into the suspect model.
 
 - NAD (Li et al., ICLR 2021), adapted to transformers: teacher = the suspect model fine-tuned on the
   clean subset; student = the suspect model trained with CE + beta_att * L_att + beta_hid * L_hid.
 - MBTSAD (Niu et al., 2025): teacher = a copy of the suspect model retrained on token-split clean data
-  (`splitting.py`); student = the suspect model distilled towards it on the unsplit clean subset; needs
-  no pre-trained weights.
+  (`splitting.py`); needs no pre-trained weights.
 
-This is the literal reading of MBTSAD (both models fed the same unsplit text at distillation). On MR
-with a BadNet victim it changes nothing (the split-trained teacher never sees the trigger whole and
-stays backdoored; see ../shared/docs/methods.md): the readings that might work are open work (issue 5).
-`stage="teacher"` returns the teacher itself (the "teacher only" ablation).
+MBTSAD departs from the paper by default (evidence in docs/results.md, "MBTSAD family"):
+- The literal reading (teacher on fully split text, distilled into the suspect on unsplit text:
+  `split_probability=1, keep_originals=False, distil="clean", purify_min_count=0`) leaves the backdoor
+  at 100% on MR: nothing in it ever shows the model the trigger whole.
+- The default splits 30% of the words and keeps the originals, so the retrained model reads split
+  pieces as ordinary text, and then splits at inference every word unseen in the clean subset
+  (`RareWordSplitter`, saved with the model): a rare-word trigger is cut before the model reads it.
+  The retrained teacher is the repaired model (`distil="none"`); distilling it into the suspect model
+  (`"clean"` or `"split"`) was measured not to help and doubles the cost.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pydantic import Field
 
 from detrigger.data.dataset import TextDataset
 from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.defenses.splitting import split_dataset
+from detrigger.splitting import RareWordSplitter, split_dataset
 from detrigger.evaluation.metrics import accuracy, predict
 from detrigger.models.victim import Victim
 from detrigger.training.distill import FORWARD_KWARGS, distillation, prepare_student
@@ -37,20 +42,24 @@ class DistillConfig(DefenceConfig):
 
 
 class MbtsadConfig(DistillConfig):
-    split_probability: float = Field(1.0, ge=0, le=1, description="chance that a word is split")
+    split_probability: float = Field(0.3, ge=0, le=1, description="chance that a word is split")
     split_min_length: int = Field(2, ge=2, description="shortest word that is split")
     split_copies: int = Field(1, ge=1, description="split copies of each clean text")
-    keep_originals: bool = Field(False, description="also train the teacher on the unsplit texts")
+    keep_originals: bool = Field(True, description="also train the teacher on the unsplit texts")
     teacher_max_length_factor: float = Field(2.0, ge=1, description="split text is longer: the teacher's max length x this")
-    stage: Literal["full", "teacher"] = Field("full", description="'teacher': return the teacher (ablation)")
+    distil: Literal["none", "clean", "split"] = Field(
+        "none", description="distil the teacher into the suspect on the unsplit clean subset or on the split "
+                             "data; 'none': the teacher is the repaired model")
+    purify_min_count: int = Field(
+        1, ge=0, description="at inference, split words seen fewer times in the clean subset (0: no purifier)")
 
 
-def _distil(student: Victim, teacher: Victim, context: Context, config: DistillConfig) -> dict[str, Any]:
+def _distil(student: Victim, teacher: Victim, train_data: TextDataset, val: TextDataset,
+            config: DistillConfig) -> dict[str, Any]:
     prepare_student(student)
     term = distillation(teacher, beta_att=config.beta_att, beta_hid=config.beta_hid, layers=config.layers)
     cfg = config.train.model_copy(update={"seed": config.seed})
-    result = train(student, context.clean.train, context.clean.val, cfg, extra_losses={"distill": term},
-                   forward_kwargs=FORWARD_KWARGS)
+    result = train(student, train_data, val, cfg, extra_losses={"distill": term}, forward_kwargs=FORWARD_KWARGS)
     student.set_attention("sdpa")
     return result.as_dict()
 
@@ -73,14 +82,14 @@ def nad(victim: Victim, context: Context, config: DistillConfig) -> tuple[Victim
     stages = {"teacher_seconds": round(time.perf_counter() - start, 1)}
     teacher_acc = accuracy(predict(teacher, val.texts), val.labels)
     start = time.perf_counter()
-    distil = _distil(victim, teacher, context, config)
+    distil = _distil(victim, teacher, context.clean.train, val, config)
     stages["distill_seconds"] = round(time.perf_counter() - start, 1)
     return victim, {"teacher_val_accuracy": teacher_acc, "stages": stages, "teacher_train": teacher_train,
                     "train": distil}
 
 
 @register("mbtsad", MbtsadConfig, needs_reference=False,
-          summary="retrain a copy on token-split clean data, distil it into the suspect model (no pre-trained weights)")
+          summary="retrain a copy on partly token-split clean data; split rare words at inference (no pre-trained weights)")
 def mbtsad(victim: Victim, context: Context, config: MbtsadConfig) -> tuple[Victim, dict[str, Any]]:
     start = time.perf_counter()
     split_kwargs = dict(probability=config.split_probability, min_length=config.split_min_length,
@@ -89,17 +98,31 @@ def mbtsad(victim: Victim, context: Context, config: MbtsadConfig) -> tuple[Vict
     split_val = split_dataset(context.clean.val, **{**split_kwargs, "copies": 1})
     stages = {"split_seconds": round(time.perf_counter() - start, 2)}
     start = time.perf_counter()
-    max_length = int(victim.max_length * config.teacher_max_length_factor)
-    teacher, teacher_train = _teacher(victim, split_train, split_val, config, max_length)
+    max_length = victim.max_length
+    split_max_length = int(max_length * config.teacher_max_length_factor)
+    teacher, teacher_train = _teacher(victim, split_train, split_val, config, split_max_length)
     stages["teacher_seconds"] = round(time.perf_counter() - start, 1)
     val = context.clean.val
     details: dict[str, Any] = {"teacher_val_accuracy": accuracy(predict(teacher, val.texts), val.labels),
                                "teacher_split_val_accuracy": teacher_train["best_val_accuracy"],
                                "teacher_train": teacher_train, "stages": stages}
-    if config.stage == "teacher":
-        teacher.max_length = victim.max_length
-        return teacher, details
-    start = time.perf_counter()
-    details["train"] = _distil(victim, teacher, context, config)
-    stages["distill_seconds"] = round(time.perf_counter() - start, 1)
-    return victim, details
+    result = teacher
+    if config.distil != "none":
+        start = time.perf_counter()
+        if config.distil == "split":  # both models read the split text (same length, so maps align)
+            victim.max_length = split_max_length
+            details["train"] = _distil(victim, teacher, split_train, split_val, config)
+        else:
+            details["train"] = _distil(victim, teacher, context.clean.train, val, config)
+        stages["distill_seconds"] = round(time.perf_counter() - start, 1)
+        result = victim
+    result.max_length = max_length
+    if config.purify_min_count:
+        # clean-only evidence for choosing the options: held-out accuracy when the held-out words unseen in
+        # the training part are cut, as unseen test words will be
+        result.purifier = RareWordSplitter.from_texts(context.clean.train.texts, config.purify_min_count, config.seed)
+        details["purified_val_accuracy"] = accuracy(predict(result, val.texts), val.labels)
+        result.purifier = RareWordSplitter.from_texts(context.clean.train.texts + val.texts,
+                                                      config.purify_min_count, config.seed)
+        details["purifier_vocabulary"] = len(result.purifier.vocabulary)
+    return result, details

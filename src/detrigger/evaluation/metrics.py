@@ -31,7 +31,7 @@ def predict_logits(victim: Victim, texts: Sequence[str], *, batch_size: int = 12
     model = victim.model
     was_training = model.training
     model.eval()
-    ids = encode(victim.tokenizer, texts, victim.max_length)
+    ids = encode(victim.tokenizer, victim.prepare(texts), victim.max_length)
     out = np.zeros((len(ids), victim.num_labels), dtype=np.float32)
     device = victim.device
     try:

@@ -22,10 +22,10 @@ Pooling = Literal["cls", "mean"]
 
 @torch.no_grad()
 def sentence_vectors(victim: Victim, texts: Sequence[str], pooling: Pooling = "cls", batch_size: int = 128) -> np.ndarray:
-    """(N, hidden) last-layer sentence vectors in input order."""
+    """(N, hidden) last-layer sentence vectors in input order (texts read through the model's purifier)."""
     model, device = victim.model, victim.device
     model.eval()
-    ids = encode(victim.tokenizer, texts, victim.max_length)
+    ids = encode(victim.tokenizer, victim.prepare(texts), victim.max_length)
     out: np.ndarray | None = None
     for batch in bucketed_batches([len(x) for x in ids], batch_size):
         inputs = collate([ids[i] for i in batch], victim.tokenizer.pad_token_id, device)

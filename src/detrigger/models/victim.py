@@ -1,8 +1,8 @@
 """`Victim` = a sequence classifier + its tokenizer + metadata, with one way to load and save it.
 
 A victim folder is a Hugging Face model folder (config.json, model.safetensors, tokenizer files) plus
-`detrigger.json` (label names, max length, where it came from). Any Hugging Face sequence-classification
-folder loads too. Weights are read from safetensors only: a pickle checkpoint (`.bin`, `.pt`) can run
+`detrigger.json` (label names, max length, where it came from) and, for a model repaired with an input
+purifier, `purifier.json`. Any Hugging Face sequence-classification folder loads too. Weights are read from safetensors only: a pickle checkpoint (`.bin`, `.pt`) can run
 code when unpickled, so it is refused unless the caller opts in with `allow_pickle=True`.
 """
 
@@ -22,10 +22,12 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir, write_json
+from detrigger.splitting import RareWordSplitter
 
 log = logging.getLogger(__name__)
 
 META_FILE = "detrigger.json"
+PURIFIER_FILE = "purifier.json"
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "spiece.model")
@@ -46,7 +48,8 @@ class Victim:
 
     `label_names[i]` is the name of class i; `max_length` is the truncation length used everywhere the
     model reads text; `source` says where the weights came from; `info` carries free-form provenance
-    (data set, training config, ...) that is saved with the model.
+    (data set, training config, ...) that is saved with the model. `purifier`, when set, rewrites every
+    text the model predicts on (`prepare`); training data is not rewritten.
     """
 
     model: transformers.PreTrainedModel
@@ -55,6 +58,11 @@ class Victim:
     max_length: int = DEFAULT_MAX_LENGTH
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    purifier: RareWordSplitter | None = None
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the model reads them at inference (through the purifier, if any)."""
+        return [self.purifier(t) for t in texts] if self.purifier else list(texts)
 
     @property
     def num_labels(self) -> int:
@@ -77,6 +85,8 @@ class Victim:
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / META_FILE, {"label_names": list(self.label_names), "max_length": self.max_length,
                                          "source": self.source, "info": self.info})
+            if self.purifier:
+                write_json(tmp / PURIFIER_FILE, self.purifier.as_dict())
             for name, obj in (extra_files or {}).items():
                 if isinstance(obj, str):
                     (tmp / name).write_text(obj)
@@ -136,6 +146,14 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
             meta = json.loads((path / META_FILE).read_text())
         except json.JSONDecodeError as exc:
             raise DetriggerError(f"{path / META_FILE}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    purifier = None
+    if (path / PURIFIER_FILE).is_file():
+        try:
+            purifier = RareWordSplitter.from_dict(json.loads((path / PURIFIER_FILE).read_text()))
+        except json.JSONDecodeError as exc:
+            raise DetriggerError(f"{path / PURIFIER_FILE}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except ValueError as exc:
+            raise DetriggerError(f"{path / PURIFIER_FILE}: {exc}") from None
     config = AutoConfig.from_pretrained(path)
     with _quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -144,7 +162,8 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
         log.warning("%s: not a sequence classifier; its classification head is newly initialised", path)
     names = meta.get("label_names") or [config.id2label[i] for i in range(config.num_labels)]
     return Victim(model.eval(), _load_tokenizer(path), tuple(names),
-                  int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}))
+                  int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}),
+                  purifier)
 
 
 def load_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
