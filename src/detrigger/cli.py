@@ -259,7 +259,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
     report = {**result.report.as_dict(), "repaired_from": str(Path(args.victim).resolve()), "clean_data": args.clean}
     result.victim.save(out, overwrite=args.overwrite, extra_files={"repair.json": report})
     for step, details in result.report.details.items():
-        summary = {k: v for k, v in details.items() if k in ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows")}
+        summary = {k: v for k, v in details.items() if k in ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows",
+                                                             "teacher_val_accuracy", "purified_val_accuracy",
+                                                             "purifier_vocabulary")}
         if "flagged" in details:
             summary["flagged"] = " ".join(t["token"] for t in details["flagged"][:10])
         if "train" in details:
