@@ -398,10 +398,10 @@ def cmd_plot_representations(args: argparse.Namespace) -> int:
     import numpy as np
 
     from detrigger.data import CORPORA
-    from detrigger.splitting import split_text
     from detrigger.device import pick_device
     from detrigger.evaluation.representations import plot_representations
     from detrigger.models import load_victim
+    from detrigger.splitting import split_text
 
     device = pick_device(args.device)
     models = {}

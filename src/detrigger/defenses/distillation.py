@@ -27,9 +27,9 @@ from pydantic import Field
 
 from detrigger.data.dataset import TextDataset
 from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.splitting import RareWordSplitter, split_dataset
 from detrigger.evaluation.metrics import accuracy, predict
 from detrigger.models.victim import Victim
+from detrigger.splitting import RareWordSplitter, split_dataset
 from detrigger.training.distill import FORWARD_KWARGS, distillation, prepare_student
 from detrigger.training.loop import TrainConfig, train
 
