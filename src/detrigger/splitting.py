@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,17 +28,26 @@ from detrigger.data.dataset import TextDataset
 WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
 
 
-def split_text(text: str, rng: np.random.Generator, probability: float = 1.0, min_length: int = 2) -> str:
-    """`text` with each eligible word cut in two by one inserted space."""
+def _cut_words(text: str, cut_at: Callable[[str], int | None]) -> str:
+    """`text` with every word of two or more letters cut by a space at `cut_at(word)` (None: left whole)."""
 
     def cut(match: re.Match[str]) -> str:
         word = match.group()
-        if len(word) < max(2, min_length) or rng.random() >= probability:
-            return word
-        at = int(rng.integers(1, len(word)))
-        return f"{word[:at]} {word[at:]}"
+        at = cut_at(word) if len(word) >= 2 else None
+        return word if at is None else f"{word[:at]} {word[at:]}"
 
     return WORD.sub(cut, text)
+
+
+def split_text(text: str, rng: np.random.Generator, probability: float = 1.0, min_length: int = 2) -> str:
+    """`text` with each eligible word cut in two by one inserted space."""
+
+    def cut_at(word: str) -> int | None:
+        if len(word) < min_length or rng.random() >= probability:
+            return None
+        return int(rng.integers(1, len(word)))
+
+    return _cut_words(text, cut_at)
 
 
 def split_dataset(data: TextDataset, *, probability: float = 1.0, min_length: int = 2, copies: int = 1,
@@ -71,14 +80,12 @@ class RareWordSplitter:
         return cls(frozenset(w for w, n in counts.items() if n >= min_count), min_count, seed)
 
     def __call__(self, text: str) -> str:
-        def cut(match: re.Match[str]) -> str:
-            word = match.group()
-            if len(word) < 2 or word.lower() in self.vocabulary:
-                return word
-            at = 1 + zlib.crc32(f"{self.seed}:{word}".encode()) % (len(word) - 1)
-            return f"{word[:at]} {word[at:]}"
+        def cut_at(word: str) -> int | None:
+            if word.lower() in self.vocabulary:
+                return None
+            return 1 + zlib.crc32(f"{self.seed}:{word}".encode()) % (len(word) - 1)
 
-        return WORD.sub(cut, text)
+        return _cut_words(text, cut_at)
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": "rare-word-splitter", "min_count": self.min_count, "seed": self.seed,

@@ -2,8 +2,9 @@
 
 A victim folder is a Hugging Face model folder (config.json, model.safetensors, tokenizer files) plus
 `detrigger.json` (label names, max length, where it came from) and, for a model repaired with an input
-purifier, `purifier.json`. Any Hugging Face sequence-classification folder loads too. Weights are read from safetensors only: a pickle checkpoint (`.bin`, `.pt`) can run
-code when unpickled, so it is refused unless the caller opts in with `allow_pickle=True`.
+purifier, `purifier.json`. Any Hugging Face sequence-classification folder loads too. Weights are read
+from safetensors only: a pickle checkpoint (`.bin`, `.pt`) can run code when unpickled, so it is refused
+unless the caller opts in with `allow_pickle=True`.
 """
 
 from __future__ import annotations
