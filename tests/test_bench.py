@@ -63,6 +63,8 @@ def model_cache(tmp_path, monkeypatch):
     ({"defences": ["nope"]}, "defences.0: unknown defence 'nope'"),
     ({"clean_fractions": [0]}, "clean_fractions"),
     ({"clean_train": {"epochs": 1, "lrr": 1}}, "clean_train.lrr"),
+    ({"seeds": [0, 1], "defences": ["ft", {"method": "nad", "seeds": [2]}]},
+     r"defences.1.seeds: \[2\] are not all among the spec's seeds"),
 ])
 def test_spec_errors_name_the_key(tmp_path, patch, key):
     spec = {"data": ["mr"], "attacks": [{"attack": "badnet"}], "defences": ["ft"], **patch}
@@ -95,6 +97,11 @@ def test_grid_expansion_and_cache_keys_change_with_every_determining_field(tmp_p
         changed_keys = {cell_key(changed, c) for c in changed.cells()}
         assert changed_keys - keys, patch  # some cell changed its key ...
         assert len(changed_keys & keys) < len(keys), patch  # ... so it is not reused
+    one_seed = tiny_spec(tiny_dir)  # a defence limited to seed 1: its cells there keep their keys
+    one_seed["defences"][1] = {**one_seed["defences"][1], "seeds": [1]}
+    limited = load_spec(write_spec(tmp_path / "limited.yaml", one_seed))
+    assert [(c.seed, c.defence) for c in limited.cells() if c.defence == "fm"] == [(1, "fm")]
+    assert {cell_key(limited, c) for c in limited.cells()} < keys
     data, attack = DataSpec(source="mr"), AttackSpec(attack="badnet")
     folder = victim_folder(data, attack, clean_config=TrainConfig(), encoder=None, max_length=128)
     assert folder == victim_folder(data, attack, clean_config=TrainConfig(), encoder=None, max_length=128)
@@ -170,6 +177,18 @@ def test_failed_cells_are_recorded_and_retried(tmp_path, tiny_dir, model_cache, 
     assert all(r["status"] == "done" for r in records.values())
     fm = next(r for r in records.values() if r["defence"] == "fm")
     assert fm["details"]["finemixing"]["rho"] == 0.5 and fm["clean_count"] == 100
+
+
+def test_a_slice_of_the_grid_runs_now_and_the_rest_later(tmp_path, tiny_dir, model_cache):
+    spec = load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(tiny_dir)))
+    with pytest.raises(DetriggerError, match=r"seed 5 is not in the spec \(it has 0, 1\)"):
+        run_bench(spec, tmp_path / "run", seeds=[5])
+    with pytest.raises(DetriggerError, match="attack addsent is not in the spec"):
+        run_bench(spec, tmp_path / "run", attacks=["addsent"])
+    first = run_bench(spec, tmp_path / "run", seeds=[1], attacks=["badnet"], progress=False)
+    assert len(first) == 4 and {r["seed"] for r in first.values()} == {1}
+    full = run_bench(spec, tmp_path / "run", progress=False)
+    assert len(full) == 8 and all(full[k] == r for k, r in first.items())  # kept, not rerun
 
 
 def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):

@@ -456,7 +456,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise DetriggerError(f"output path {out} exists and is not a folder")
     records = run_bench(spec, out, executor=args.executor, address=args.address, retry_failed=args.retry_failed,
-                        progress=False if args.no_progress else None)
+                        progress=False if args.no_progress else None, seeds=args.seeds, attacks=args.attacks)
     print((out / "results.md").read_text().rstrip())
     failed = sum(r["status"] == "failed" for r in records.values())
     print(f"\n{len(records)} cells recorded in {out}/cells ({failed} failed); "
@@ -626,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="local (default) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto; default: start a local one)")
     p.add_argument("--retry-failed", action="store_true", help="rerun the cells recorded as failed")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="run only these seeds now (default: all)")
+    p.add_argument("--attacks", nargs="+", default=None, help="run only these attacks (spec names) now (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 

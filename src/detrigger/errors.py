@@ -14,6 +14,7 @@ def invalid(exc: Exception, hidden: tuple[str, ...] = ()) -> str:
     if not callable(errors):
         return " ".join(str(exc).split())
     first, *rest = errors()
-    key = ".".join(str(part) for part in first["loc"] if str(part) not in hidden) or "(top)"
+    key = ".".join(str(part) for part in first["loc"] if str(part) not in hidden)
     more = f" (and {len(rest)} more)" if rest else ""
-    return f"{key}: {first['msg'].removeprefix('Value error, ')}{more}"
+    message = first["msg"].removeprefix("Value error, ")  # a whole-model check names its own key
+    return f"{key}: {message}{more}" if key else f"{message}{more}"

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,16 +109,23 @@ def _failed(cell: Cell, key: str, exc: BaseException) -> dict[str, Any]:
 
 
 def run_bench(spec: BenchSpec, run_dir: str | Path, *, executor: Executor = "local", address: str | None = None,
-              retry_failed: bool = False, progress: bool | None = None) -> dict[str, dict[str, Any]]:
+              retry_failed: bool = False, progress: bool | None = None, seeds: Sequence[int] | None = None,
+              attacks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run every cell of `spec` that has no record in `run_dir` (and failed ones with `retry_failed`), then
-    write the reports (`report.write_report`); returns the spec's records by key."""
+    write the reports (`report.write_report`); returns the spec's records by key. `seeds` and `attacks`
+    (attack names) run a slice of the grid now; the reports still cover every recorded cell."""
     run_dir = Path(run_dir)
     cells = {cell_key(spec, c): c for c in spec.cells()}
+    for name, chosen, known in (("seed", seeds, spec.seeds), ("attack", attacks, [a.label() for a in spec.attacks])):
+        unknown = sorted(set(chosen or ()) - set(known), key=str)
+        if unknown:
+            raise DetriggerError(f"{name} {unknown[0]} is not in the spec (it has {', '.join(map(str, known))})")
     records = load_records(run_dir)
     todo = [(k, c) for k, c in cells.items()
-            if k not in records or (retry_failed and records[k]["status"] == "failed")]
+            if (k not in records or (retry_failed and records[k]["status"] == "failed"))
+            and (seeds is None or c.seed in seeds) and (attacks is None or c.attack in attacks)]
     write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
-    log.info("%d cells: %d recorded, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    log.info("%d cells: %d recorded, %d to run now", len(cells), sum(k in records for k in cells), len(todo))
 
     def save(record: dict[str, Any]) -> None:
         write_json(run_dir / CELLS / f"{record['key']}.json", record)

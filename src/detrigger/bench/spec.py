@@ -63,6 +63,8 @@ class DefenceEntry(_Strict):
     name: str | None = None
     method: str
     config: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] | None = Field(None, min_length=1, description="run at these of the spec's seeds only "
+                                    "(an expensive ablation on fewer repetitions; default: every seed)")
 
     @model_validator(mode="before")
     @classmethod
@@ -117,6 +119,13 @@ class BenchSpec(_Strict):
             raise ValueError("set seeds at the top level (`seeds:`), not per data set")
         return data
 
+    @model_validator(mode="after")
+    def _defence_seeds(self) -> BenchSpec:
+        for i, d in enumerate(self.defences):
+            if d.seeds and not set(d.seeds) <= set(self.seeds):
+                raise ValueError(f"defences.{i}.seeds: {d.seeds} are not all among the spec's seeds {self.seeds}")
+        return self
+
     @field_validator("clean_fractions")
     @classmethod
     def _fractions(cls, fractions: list[float]) -> list[float]:
@@ -134,7 +143,8 @@ class BenchSpec(_Strict):
                     out += [Cell(**common, defence=name, method=None, config={}, clean_fraction=None)
                             for name in BASELINES]
                     out += [Cell(**common, defence=d.label(), method=d.method, config=d.at_seed(seed),
-                                 clean_fraction=f) for d in self.defences for f in self.clean_fractions]
+                                 clean_fraction=f) for d in self.defences for f in self.clean_fractions
+                            if d.seeds is None or seed in d.seeds]
         return out
 
 
