@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
 from detrigger.attacks.triggers import insert_words
-from detrigger.scan import ScanConfig, insertable_tokens, scan
+from detrigger.scan import ScanConfig, gradient_ranking, insertable_tokens, scan
 from detrigger.training import train
 
 from conftest import tiny_victim, toy_sentiment
@@ -49,6 +50,23 @@ def test_word_trigger_is_found_without_a_reference(word_victim):
     cf = [t for t in report.tokens if t.token == "cf"]
     assert cf and cf[0].gradient_rank <= 10 and report.tokens.index(cf[0]) < 5
     assert all(t.drift_score is None for t in report.tokens) and report.reference is None
+
+
+def test_gradient_ranking_ignores_the_row_norm(word_victim):
+    """ES trigger rows are averages of word embeddings with small norms: the score must not punish that."""
+    victim, _, _ = word_victim
+    texts = [t for t in toy_sentiment(40).texts if "cf" not in t]
+    cf = victim.tokenizer.convert_tokens_to_ids("cf")
+    before = gradient_ranking(victim, texts, target=1, seed=0, batch_size=16)
+    embedding = victim.model.get_input_embeddings().weight
+    original = embedding.data[cf].clone()
+    try:
+        embedding.data[cf] *= 0.05
+        after = gradient_ranking(victim, texts, target=1, seed=0, batch_size=16)
+    finally:
+        embedding.data[cf] = original
+    assert after[cf] == pytest.approx(before[cf].item(), rel=1e-4)
+    assert (after > after[cf]).sum() == (before > before[cf]).sum()  # the same rank
 
 
 def test_screening_keeps_the_trigger_and_measures_only_the_best(word_victim):

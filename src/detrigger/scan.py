@@ -1,10 +1,15 @@
 """Scan a checkpoint: is it likely backdoored, which tokens trigger it, and which label do they force?
 
-1. Candidates. Reference-free: insert a placeholder ([MASK]) at a random word boundary of clean texts
-   whose label is not t, take the gradient of the loss towards t at that position, and rank every
-   vocabulary token v by the first-order gain -grad . e_v (HotFlip-style trigger inversion; one backward
-   pass per batch). With a pre-trained reference: also the top E-PUR tokens (embedding drift over
-   log clean-text frequency, `defenses/epur.py`).
+1. Candidates. Reference-free: insert a placeholder ([UNK]) at a random word boundary of clean texts
+   whose label is not t, take the gradient g of the loss towards t at that position, and rank every
+   vocabulary token v by the cosine of -g with e_v (HotFlip-style trigger inversion; one backward pass
+   per batch). Two departures from the usual -g . e_v around [MASK], both found on the MR victims of
+   seeds 1-2 (docs/scan.md): around [UNK], itself a rare token, the linear picture holds for rare-token
+   triggers (a BadNet trigger ranked 254th around [MASK], 1st around [UNK]); the cosine ignores the row
+   norm, and ES trigger rows, averages of several word embeddings, have some of the smallest norms in the
+   vocabulary (ranked about 1,000th by the dot product, within the top 11 by the cosine). With a
+   pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text frequency,
+   `defenses/epur.py`).
 2. Verification by real insertion: each candidate word is inserted into clean texts and the share now
    predicted t, minus the share predicted t without it, is the token's effect. Two stages for speed: every
    candidate is screened on `screen_samples` texts, and only the `verify` best are measured on all
@@ -121,12 +126,13 @@ def insertable_tokens(victim: Victim) -> np.ndarray:
 
 
 def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int) -> torch.Tensor:
-    """Per vocabulary token: the first-order drop of the loss towards `target` when the token is put at a
-    random word boundary of each text (averaged over texts). Higher = more trigger-like."""
+    """Per vocabulary token: how well its embedding points along the descent direction of the loss towards
+    `target` at a placeholder put at a random word boundary of each text (gradients summed over texts;
+    cosine, so the row norm does not count). Higher = more trigger-like."""
     tok = victim.tokenizer
-    placeholder = tok.mask_token or tok.unk_token
+    placeholder = tok.unk_token or tok.mask_token
     if placeholder is None:
-        raise DetriggerError("the tokenizer has neither a mask nor an unknown token to use as a placeholder")
+        raise DetriggerError("the tokenizer has neither an unknown nor a mask token to use as a placeholder")
     placeholder_id = tok.convert_tokens_to_ids(placeholder)
     marked = [insert_words([placeholder], seed=seed)(t) for t in texts]
     ids = encode(tok, marked, victim.max_length)
@@ -145,7 +151,8 @@ def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, b
             total += grad[inputs["input_ids"] == placeholder_id].sum(0)  # truncated-away placeholders drop out
     finally:
         model.train(was_training)
-    return -(embedding.weight.detach() @ total).cpu()
+    weight = embedding.weight.detach()
+    return (-(weight @ total) / weight.norm(dim=1).clamp_min(1e-12)).cpu()
 
 
 def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = None,
