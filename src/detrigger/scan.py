@@ -7,7 +7,7 @@
    seeds 1-2 (docs/scan.md): around [UNK], itself a rare token, the linear picture holds for rare-token
    triggers (a BadNet trigger ranked 254th around [MASK], 1st around [UNK]); the cosine ignores the row
    norm, and ES trigger rows, averages of several word embeddings, have some of the smallest norms in the
-   vocabulary (ranked about 1,000th by the dot product, within the top 11 by the cosine). With a
+   vocabulary (ranked 1,049th-1,356th by the dot product, within the top 11 by the cosine). With a
    pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text frequency,
    `defenses/epur.py`).
 2. Verification by real insertion: each candidate word is inserted into clean texts and the share now
@@ -45,9 +45,9 @@ from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import predict
 from detrigger.models.victim import Victim, load_encoder_state
 
-# Provisional: between the largest effect seen on a clean MiniLM model (0.52) and on a BadNet victim (0.755)
-# on MR (docs/scan.md); to be recalibrated on clean models of 3 seeds per data set.
-THRESHOLD = 0.65
+# From clean models only (docs/scan.md): the highest score of the MR MiniLM clean models of seeds 0-2, with
+# and without the reference (0.445), plus 0.10, rounded up to 0.05 (experiments/scan_calibration.py).
+THRESHOLD = 0.55
 
 
 class ScanConfig(BaseModel):
