@@ -19,14 +19,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from detrigger.attacks import cached_victim
 from detrigger.bench import load_spec
-from detrigger.data import load_splits
+from detrigger.bench.runner import cell_models
 from detrigger.io import write_json
 from detrigger.models import load_victim
 from detrigger.models.victim import default_encoder_path
 from detrigger.scan import THRESHOLD, scan
-from detrigger.training.recipe import clean_model
 
 MARGIN = 0.10  # clean-model scores vary with the seed; a flagged model should stand clear of them
 
@@ -45,26 +43,20 @@ def main() -> None:
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     done = {(r["data"], r["model"], r["seed"], r["reference"]) for r in rows}
     reference = spec.encoder or str(default_encoder_path())
-    model_kw = dict(encoder=spec.encoder, max_length=spec.max_length)
     for cell in spec.cells():
         if cell.defence != "clean model" or (args.seeds and cell.seed not in args.seeds):
             continue
-        clean_train = spec.clean_train.model_copy(update={"seed": cell.seed})
-        splits = load_splits(cell.data)
-        # the clean model once per seed (first attack), then every victim
+        # the clean model once per seed (at the first attack, whose victim is built with it), then every victim
         models = [("clean", None)] if cell.attack == spec.attacks[0].label() else []
         models.append((cell.attack, cell.attack_spec))
         for name, attack in models:
-            if args.attacks and name not in args.attacks:
+            refs = [r for r in ((False,) if args.no_reference else (False, True))
+                    if (cell.data.source, name, cell.seed, r) not in done]
+            if not refs or (args.attacks and name not in args.attacks):
                 continue
-            for with_ref in (False,) if args.no_reference else (False, True):
-                if (cell.data.source, name, cell.seed, with_ref) in done:
-                    continue
-                if attack is None:
-                    victim, _ = clean_model(cell.data, clean_train, splits=splits, progress=False, **model_kw)
-                else:
-                    victim = load_victim(cached_victim(cell.data, attack, clean_config=clean_train,
-                                                       progress=False, **model_kw))
+            splits, clean, folder = cell_models(spec, cell)
+            victim = clean if attack is None else load_victim(folder)
+            for with_ref in refs:
                 report = scan(victim, splits.val, reference=reference if with_ref else None)
                 rows.append(row(cell.data.source, name, cell.seed, with_ref, attack, report))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -86,8 +78,8 @@ def row(data, name, seed, with_ref, attack, report) -> dict:
 
 
 def suggested_threshold(clean_scores: list[float]) -> float:
-    """The calibration rule, fixed before any victim was scanned: the highest clean-model score plus a
-    margin, rounded up to a multiple of 0.05. Victims play no part."""
+    """The calibration rule: the highest clean-model score plus a margin, rounded up to a multiple of 0.05.
+    Victim scores play no part (the rule was set after the first seed 1-2 scans: docs/scan.md)."""
     return math.ceil(round((max(clean_scores) + MARGIN) / 0.05, 6)) * 0.05
 
 

@@ -19,12 +19,16 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from detrigger.bench.spec import BenchSpec, Cell
 from detrigger.errors import DetriggerError
 from detrigger.io import write_json
 from detrigger.training.recipe import encoder_id, stable_hash
+
+if TYPE_CHECKING:
+    from detrigger.data import Splits
+    from detrigger.models import Victim
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +59,35 @@ def load_records(run_dir: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) -> dict[str, Any]:
-    """Evaluate one cell; returns its record (status 'done')."""
-    import torch
-
-    from detrigger.attacks import CARD_FILE, cached_victim, trigger_from_card
-    from detrigger.data import clean_subset, load_splits
-    from detrigger.defenses import repair
-    from detrigger.evaluation import evaluate
-    from detrigger.models import load_victim
+def cell_models(spec: BenchSpec, cell: Cell) -> tuple[Splits, Victim, Path]:
+    """The cell's data splits, clean reference model and victim folder, from the model cache (built on
+    first use); also what `experiments/scan_calibration.py` scans."""
+    from detrigger.attacks import cached_victim
+    from detrigger.data import load_splits
     from detrigger.training.recipe import clean_model
 
-    if threads:  # a Ray worker defaults to one thread: match the driver so results are identical
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
     model_kw = dict(encoder=spec.encoder, max_length=spec.max_length)
     clean_train = spec.clean_train.model_copy(update={"seed": cell.seed})
     splits = load_splits(cell.data)
     clean, _ = clean_model(cell.data, clean_train, splits=splits, progress=False, **model_kw)
     folder = cached_victim(cell.data, cell.attack_spec, clean_config=clean_train, progress=False, **model_kw)
+    return splits, clean, folder
+
+
+def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) -> dict[str, Any]:
+    """Evaluate one cell; returns its record (status 'done')."""
+    import torch
+
+    from detrigger.attacks import CARD_FILE, trigger_from_card
+    from detrigger.data import clean_subset
+    from detrigger.defenses import repair
+    from detrigger.evaluation import evaluate
+    from detrigger.models import load_victim
+
+    if threads:  # a Ray worker defaults to one thread: match the driver so results are identical
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    splits, clean, folder = cell_models(spec, cell)
     trigger, target = trigger_from_card(json.loads((folder / CARD_FILE).read_text()))
     record: dict[str, Any] = {"key": key, "status": "done", "data": cell.data.source, "attack": cell.attack,
                               "defence": cell.defence, "method": cell.method, "clean_fraction": cell.clean_fraction,
