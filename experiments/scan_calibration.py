@@ -39,6 +39,10 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = load_spec(args.spec)
+    known = ["clean"] + [a.label() for a in spec.attacks]
+    unknown = sorted(set(args.attacks or ()) - set(known))
+    if unknown:
+        parser.error(f"--attacks: {', '.join(unknown)} not in the spec (it has {', '.join(known)})")
     path = Path(args.json)
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     done = {(r["data"], r["model"], r["seed"], r["reference"]) for r in rows}

@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
 from detrigger.attacks.triggers import insert_words
-from detrigger.scan import ScanConfig, gradient_ranking, insertable_tokens, scan
+from detrigger.scan import ScanConfig, gradient_ranking, insertable_tokens, scan, word_of
 from detrigger.training import train
 
 from conftest import tiny_victim, toy_sentiment
@@ -67,6 +68,27 @@ def test_gradient_ranking_ignores_the_row_norm(word_victim):
         embedding.data[cf] = original
     assert after[cf] == pytest.approx(before[cf].item(), rel=1e-4)
     assert (after > after[cf]).sum() == (before > before[cf]).sum()  # the same rank
+
+
+def test_second_round_adds_the_best_tokens_at_the_first_rounds_best(word_victim):
+    """Round 2 inserts round 1's best token and adds its own best new tokens; every candidate is measured."""
+    victim, _, _ = word_victim
+    clean = toy_sentiment(80)
+    config = ScanConfig(samples=32, candidates=4, rounds=2, screen_samples=0, verify=100, report=100)
+    measured = {t.token for t in scan(victim, clean, config=config).tokens if t.label == "negative"}
+    # what the scan should have done for its first label: the same 32 texts, two rankings
+    pool = [t for t, y in zip(clean.texts, clean.labels) if y != 0]
+    texts = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[:32]]
+    allowed = torch.from_numpy(insertable_tokens(victim))
+    rankings, at = [], None
+    for _ in range(2):
+        signal = gradient_ranking(victim, texts, target=0, seed=0, batch_size=config.batch_size, at=at)
+        signal[~allowed] = -torch.inf
+        rankings.append([word_of(victim, i) for i in torch.argsort(signal, descending=True)[:50].tolist()])
+        at = rankings[-1][0]
+    second = [w for w in rankings[1] if w not in rankings[0][:4]][:4]
+    assert len(measured) == 8 and measured == set(rankings[0][:4]) | set(second)
+    assert rankings[0][:4] != rankings[1][:4]  # the second round really ranks at another point
 
 
 def test_screening_keeps_the_trigger_and_measures_only_the_best(word_victim):

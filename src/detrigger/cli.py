@@ -434,7 +434,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from detrigger.scan import ScanConfig, scan
 
     try:
-        options = {"samples": args.samples, "candidates": args.candidates, "threshold": args.threshold}
+        options = {"samples": args.samples, "candidates": args.candidates, "rounds": args.rounds,
+                   "threshold": args.threshold}
         config = ScanConfig(**{k: v for k, v in options.items() if v is not None})
     except ValueError as exc:
         raise DetriggerError(invalid(exc)) from None
@@ -611,8 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder (safetensors)")
     p.add_argument("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) or a file")
     p.add_argument("--reference", default=None, help="pre-trained encoder folder: adds embedding-drift evidence")
-    p.add_argument("--samples", type=int, default=200, help="clean texts per label (default 200)")
-    p.add_argument("--candidates", type=int, default=30, help="gradient-ranked tokens verified per label (default 30)")
+    p.add_argument("--samples", type=int, default=None, help="clean texts per label (default 200)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="gradient-ranked tokens per label and round, all screened (default 20)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="gradient rounds, each at the previous round's best token (default 2)")
     p.add_argument("--threshold", type=float, default=None, help="flag at this effect (default: the calibrated one)")
     _data_options(p)
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")

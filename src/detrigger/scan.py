@@ -7,9 +7,12 @@
    seeds 1-2 (docs/scan.md): around [UNK], itself a rare token, the linear picture holds for rare-token
    triggers (a BadNet trigger ranked 254th around [MASK], 1st around [UNK]); the cosine ignores the row
    norm, and ES trigger rows, averages of several word embeddings, have some of the smallest norms in the
-   vocabulary (ranked 1,049th-1,356th by the dot product, within the top 11 by the cosine). With a
-   pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text frequency,
-   `defenses/epur.py`).
+   vocabulary (ranked 1,049th-1,356th by the dot product, within the top 11 by the cosine). Then a
+   second round (`rounds`) inserts the first round's best token instead of the placeholder and ranks
+   again: linearised where the model already leans towards t, the gradient points at what pushes
+   hardest from there (the ES triggers of MR seed 0 rank 316th-380th in round 1, 1st-5th in round 2).
+   With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
+   frequency, `defenses/epur.py`).
 2. Verification by real insertion: each candidate word is inserted into clean texts and the share now
    predicted t, minus the share predicted t without it, is the token's effect. Two stages for speed: every
    candidate is screened on `screen_samples` texts, and only the `verify` best are measured on all
@@ -54,7 +57,8 @@ class ScanConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     samples: int = Field(200, ge=10, description="clean texts per target label (from the other labels)")
-    candidates: int = Field(30, ge=1, description="gradient-ranked candidate tokens screened per label")
+    candidates: int = Field(20, ge=1, description="gradient-ranked candidate tokens per label and round")
+    rounds: int = Field(2, ge=1, description="gradient rounds, each at the previous round's best token")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
     screen_samples: int = Field(50, ge=0, description="texts each candidate is screened on (0: no screening)")
     verify: int = Field(10, ge=1, description="best screened candidates per label measured on all samples")
@@ -72,7 +76,7 @@ class TokenEvidence:
     label: str
     effect: float  # share flipped to `label` by inserting the token, minus the share predicted `label` without it
     flip_rate: float
-    gradient_rank: int | None  # rank among all tokens by the gradient signal (1 = strongest), for `label`
+    gradient_rank: int | None  # best rank over the rounds by the gradient signal (1 = strongest), for `label`
     drift_score: float | None = None  # E-PUR score with a reference
     clean_count: int = 0  # clean texts containing the token
     label_share: float | None = None  # share of those occurrences in texts of `label`
@@ -125,15 +129,22 @@ def insertable_tokens(victim: Victim) -> np.ndarray:
     return mask
 
 
-def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int) -> torch.Tensor:
+def word_of(victim: Victim, token_id: int) -> str:
+    """The typed word of a whole-word token."""
+    return victim.tokenizer.convert_tokens_to_string([victim.tokenizer.convert_ids_to_tokens(token_id)]).strip()
+
+
+def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int,
+                     at: str | None = None) -> torch.Tensor:
     """Per vocabulary token: how well its embedding points along the descent direction of the loss towards
-    `target` at a placeholder put at a random word boundary of each text (gradients summed over texts;
-    cosine, so the row norm does not count). Higher = more trigger-like."""
+    `target` at a word `at` (default: the unknown token as a placeholder) put at a random word boundary of
+    each text (gradients summed over texts; cosine, so the row norm does not count). Higher = more
+    trigger-like."""
     tok = victim.tokenizer
-    placeholder = tok.unk_token or tok.mask_token
+    placeholder = at or tok.unk_token or tok.mask_token
     if placeholder is None:
         raise DetriggerError("the tokenizer has neither an unknown nor a mask token to use as a placeholder")
-    placeholder_id = tok.convert_tokens_to_ids(placeholder)
+    (placeholder_id,) = tok(placeholder, add_special_tokens=False)["input_ids"]
     marked = [insert_words([placeholder], seed=seed)(t) for t in texts]
     ids = encode(tok, marked, victim.max_length)
     model, device = victim.model, victim.device
@@ -185,17 +196,22 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         n_samples[label] = len(texts)
         base = float(np.mean(predict(victim, texts) == target))
         base_rates[label] = base
-        signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size)
-        signal[~torch.from_numpy(allowed)] = -torch.inf
-        order = torch.argsort(signal, descending=True)
-        rank = {int(i): r + 1 for r, i in enumerate(order[:5000].tolist())}
-        chosen = order[:config.candidates].tolist()
+        rank: dict[int, int] = {}  # best rank over the rounds
+        chosen: list[int] = []
+        at = None
+        for _ in range(config.rounds):
+            signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at)
+            signal[~torch.from_numpy(allowed)] = -torch.inf
+            order = torch.argsort(signal, descending=True)[:5000].tolist()
+            for r, i in enumerate(order):
+                rank[i] = min(rank.get(i, r + 1), r + 1)
+            chosen += [i for i in order if i not in chosen][:config.candidates]
+            at = word_of(victim, order[0])
         if drift is not None and config.reference_candidates:
             masked = drift.clone()
             masked[~torch.from_numpy(allowed)] = -torch.inf
             chosen += [i for i in torch.topk(masked, config.reference_candidates).indices.tolist() if i not in chosen]
-        words = [victim.tokenizer.convert_tokens_to_string([w]).strip()
-                 for w in victim.tokenizer.convert_ids_to_tokens(chosen)]
+        words = [word_of(victim, i) for i in chosen]
         insert = {w: insert_words([w], seed=config.seed + 1) for w in words}
 
         def flip_rate(word: str, sample: list[str]) -> float:
