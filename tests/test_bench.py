@@ -200,6 +200,19 @@ def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):
     assert proc.returncode == 0, proc.stderr
     assert "### tiny" in proc.stdout and "| badnet | clean model | - | 1 |" in proc.stdout
     assert (tmp_path / "run" / "results.md").read_text().strip() == proc.stdout.strip()
+    assert "4 of 4 cells of the spec recorded (seeds: badnet 0)." in proc.stdout
+    doc = tmp_path / "results-doc.md"
+    doc.write_text(f"# Results\nintro\n<!-- detrigger report {tmp_path / 'run'} -->\nold table\n"
+                   "<!-- /detrigger report -->\noutro\n")
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "report", str(tmp_path / "run"), "--into", str(doc)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = doc.read_text()
+    assert text.startswith("# Results\nintro\n") and text.endswith("<!-- /detrigger report -->\noutro\n")
+    assert "old table" not in text and "| badnet | clean model | - | 1 |" in text and "### tiny" not in text
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "report", str(tmp_path / "run"), "--into",
+                           str(tmp_path / "no-markers.md")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no '<!-- detrigger report" in proc.stderr
     header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0]
     assert header.startswith("data,attack,defence,method,clean_fraction,seed,status,cacc,asr,trigger_effect")
     assert len(json.loads((tmp_path / "run" / "results.json").read_text())) == 4

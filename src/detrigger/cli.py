@@ -467,10 +467,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from detrigger.bench import write_report
+    from detrigger.bench.report import splice
 
     if not Path(args.run_dir).is_dir():
         raise DetriggerError(f"{args.run_dir}: no such run folder")
-    print(write_report(args.run_dir))
+    table = write_report(args.run_dir)
+    if args.into:
+        splice(args.into, args.run_dir, table)
+    print(table)
     return 0
 
 
@@ -637,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild results.md/csv/json and plots of a bench run folder from its records")
     p.add_argument("run_dir", help="the folder given to bench --out")
+    p.add_argument("--into", default=None, metavar="DOC",
+                   help="also put the table into this Markdown file between its '<!-- detrigger report RUN_DIR -->' "
+                        "and '<!-- /detrigger report -->' markers")
     p.set_defaults(func=cmd_report)
     return parser
 

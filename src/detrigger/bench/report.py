@@ -1,5 +1,6 @@
 """Reports from a run folder's records: results.json / results.csv (a row per cell), results.md (mean ± std
-per data set, attack, defence and clean fraction) and PNG plots. `detrigger report RUN_DIR` rebuilds them."""
+per data set, attack, defence and clean fraction) and PNG plots. `detrigger report RUN_DIR` rebuilds them;
+`--into DOC` also puts the table into a Markdown document between its markers (how docs/results.md is made)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     records = list(load_records(run_dir).values())
     spec_file = run_dir / "spec.json"
     spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
+    keys: set[str] = set()
     if spec:  # records of cells the spec no longer has (a changed default, a removed row) stay out
         keys = {cell_key(bench, cell) for bench in [BenchSpec(**spec)] for cell in bench.cells()}
         stale = sum(r["key"] not in keys for r in records)
@@ -48,9 +50,35 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     write_json(run_dir / "results.json", records)
     _write_text(run_dir / "results.csv", _csv(records))
     table = markdown(records, title)
+    if keys:
+        done = sum(r["status"] == "done" for r in records)
+        table += f"\n\n{done} of {len(keys)} cells of the spec recorded (seeds: {_seeds(records)})."
     _write_text(run_dir / "results.md", table + "\n")
     plot(records, run_dir / "plots")
     return table
+
+
+def _seeds(records: list[dict[str, Any]]) -> str:
+    """Which seeds each attack has records for, e.g. 'badnet 0-1, ep 0'."""
+    by_attack: dict[str, set[int]] = defaultdict(set)
+    for r in records:
+        if r["status"] == "done":
+            by_attack[r["attack"]].add(r["seed"])
+    return ", ".join(f"{a} {', '.join(map(str, sorted(s)))}" for a, s in by_attack.items())
+
+
+def splice(doc: str | Path, run_dir: str | Path, table: str) -> None:
+    """Replace what stands between `<!-- detrigger report RUN_DIR -->` and `<!-- /detrigger report -->` in
+    `doc` with `table` (its heading dropped): the docs quote the runner, never a hand-copied number."""
+    doc = Path(doc)
+    start, end = f"<!-- detrigger report {Path(run_dir).as_posix()} -->", "<!-- /detrigger report -->"
+    text = doc.read_text() if doc.is_file() else ""
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    if j < 0:
+        raise DetriggerError(f"{doc}: no '{start}' ... '{end}' markers to put the table between")
+    body = "\n".join(line for line in table.splitlines() if not line.startswith("### ")).strip()
+    _write_text(doc, text[:i + len(start)] + "\n" + body + "\n" + text[j:])
 
 
 def _defence_ranks(spec: dict[str, Any]) -> dict[str, int]:
