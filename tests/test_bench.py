@@ -200,7 +200,7 @@ def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):
     assert proc.returncode == 0, proc.stderr
     assert "### tiny" in proc.stdout and "| badnet | clean model | - | 1 |" in proc.stdout
     assert (tmp_path / "run" / "results.md").read_text().strip() == proc.stdout.strip()
-    assert "4 of 4 cells of the spec recorded (seeds: badnet 0)." in proc.stdout
+    assert "4 of 4 cells of the spec recorded (seeds by attack: badnet 0)." in proc.stdout
     doc = tmp_path / "results-doc.md"
     doc.write_text(f"# Results\nintro\n<!-- detrigger report {tmp_path / 'run'} -->\nold table\n"
                    "<!-- /detrigger report -->\noutro\n")

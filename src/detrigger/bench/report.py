@@ -52,19 +52,19 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     table = markdown(records, title)
     if keys:
         done = sum(r["status"] == "done" for r in records)
-        table += f"\n\n{done} of {len(keys)} cells of the spec recorded (seeds: {_seeds(records)})."
+        table += f"\n\n{done} of {len(keys)} cells of the spec recorded (seeds by attack: {_seeds(records)})."
     _write_text(run_dir / "results.md", table + "\n")
     plot(records, run_dir / "plots")
     return table
 
 
 def _seeds(records: list[dict[str, Any]]) -> str:
-    """Which seeds each attack has records for, e.g. 'badnet 0-1, ep 0'."""
+    """Which seeds each attack has records for, e.g. 'badnet 0, 1; ep 0'."""
     by_attack: dict[str, set[int]] = defaultdict(set)
     for r in records:
         if r["status"] == "done":
             by_attack[r["attack"]].add(r["seed"])
-    return ", ".join(f"{a} {', '.join(map(str, sorted(s)))}" for a, s in by_attack.items())
+    return "; ".join(f"{a} {', '.join(map(str, sorted(s)))}" for a, s in by_attack.items())
 
 
 def splice(doc: str | Path, run_dir: str | Path, table: str) -> None:
