@@ -13,6 +13,7 @@ import torch
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
 from detrigger.attacks.triggers import insert_words
+from detrigger.evaluation.metrics import predict
 from detrigger.scan import ScanConfig, gradient_ranking, insertable_tokens, scan, word_of
 from detrigger.training import train
 
@@ -40,9 +41,14 @@ def test_word_trigger_ranks_first_with_a_reference(word_victim):
     report = scan(victim, toy_sentiment(80), reference=reference, config=QUICK)
     top = report.tokens[0]
     assert top.token == "cf" and top.label == "positive" and report.target_label == "positive"
-    assert top.flip_rate > 0.9 and top.drift_score is not None and report.verdict == "backdoored"
+    assert top.effect > 0.9 and top.drift_score is not None and report.verdict == "backdoored"
     assert report.tokens[0].drift_score == max(t.drift_score for t in report.tokens)
-    assert report.score == top.effect == pytest.approx(top.flip_rate - report.base_rates["positive"], abs=1e-4)
+    assert report.score == top.effect
+    # the samples leave out the texts already predicted positive: without the trigger none of them is
+    negatives = [t for t, y in zip(toy_sentiment(80).texts, toy_sentiment(80).labels) if y == 0]
+    already = (predict(victim, negatives) == 1).mean()
+    assert report.base_rates["positive"] == pytest.approx(already, abs=1e-4)
+    assert report.n_samples["positive"] == min(QUICK.samples, round(len(negatives) * (1 - already)))
 
 
 def test_word_trigger_is_found_without_a_reference(word_victim):
@@ -78,6 +84,7 @@ def test_second_round_adds_the_best_tokens_at_the_first_rounds_best(word_victim)
     measured = {t.token for t in scan(victim, clean, config=config).tokens if t.label == "negative"}
     # what the scan should have done for its first label: the same 32 texts, two rankings
     pool = [t for t, y in zip(clean.texts, clean.labels) if y != 0]
+    pool = [t for t, p in zip(pool, predict(victim, pool)) if p != 0]
     texts = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[:32]]
     allowed = torch.from_numpy(insertable_tokens(victim))
     rankings, at = [], None

@@ -13,8 +13,10 @@
    hardest from there (the ES triggers of MR seed 0 rank 316th-380th in round 1, 1st-5th in round 2).
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
    frequency, `defenses/epur.py`).
-2. Verification by real insertion: each candidate word is inserted into clean texts and the share now
-   predicted t, minus the share predicted t without it, is the token's effect. Two stages for speed: every
+2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
+   that the model does not already put in t, and the share now predicted t is the token's effect (its
+   flip rate). Leaving out the texts already predicted t gives every model the same ceiling of 1,
+   whatever its clean accuracy (a trigger flips all of them). Two stages for speed: every
    candidate is screened on `screen_samples` texts, and only the `verify` best are measured on all
    `samples` texts (the reported effects are these full measurements).
 3. Task words are set aside: a token that occurs in the clean texts (at least `task_word_count` times)
@@ -48,9 +50,10 @@ from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import predict
 from detrigger.models.victim import Victim, load_encoder_state
 
-# From clean models only (docs/scan.md): the highest score of the MR MiniLM clean models of seeds 0-2, with
-# and without the reference (0.445), plus 0.10, rounded up to 0.05 (experiments/scan_calibration.py).
-THRESHOLD = 0.55
+# From clean models only (docs/scan.md): the highest flip rate of the MR MiniLM clean models of seeds 0-2
+# (0.69), plus 0.10, rounded up to 0.05 (experiments/scan_calibration.py), set before any victim was scanned
+# with this scan's candidates and effect.
+THRESHOLD = 0.80
 
 
 class ScanConfig(BaseModel):
@@ -74,8 +77,7 @@ class ScanConfig(BaseModel):
 class TokenEvidence:
     token: str
     label: str
-    effect: float  # share flipped to `label` by inserting the token, minus the share predicted `label` without it
-    flip_rate: float
+    effect: float  # flip rate: share of the sampled texts (not predicted `label` before) predicted `label` with it
     gradient_rank: int | None  # best rank over the rounds by the gradient signal (1 = strongest), for `label`
     drift_score: float | None = None  # E-PUR score with a reference
     clean_count: int = 0  # clean texts containing the token
@@ -91,7 +93,7 @@ class ScanReport:
     target_label: str
     target_id: int
     tokens: list[TokenEvidence]
-    base_rates: dict[str, float]
+    base_rates: dict[str, float]  # per label: share of the other labels' clean texts already predicted as it (left out)
     n_samples: dict[str, int]
     reference: str | None
     seconds: float = 0.0
@@ -104,12 +106,12 @@ class ScanReport:
         lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})",
                  f"most likely target label: {self.target_label} (id {self.target_id})",
                  "suspicious tokens (effect = share of other-label clean texts flipped to the label by inserting the token):",
-                 "  rank  token            label        effect  flip rate  gradient rank  drift score  clean count"]
+                 "  rank  token            label        effect  gradient rank  drift score  clean count"]
         for i, t in enumerate(self.tokens, 1):
             drift = "-" if t.drift_score is None else f"{t.drift_score:.4f}"
             grad = "-" if t.gradient_rank is None else str(t.gradient_rank)
             note = f"  task word ({100 * t.label_share:.0f}% {t.label})" if t.task_word else ""
-            lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {t.flip_rate:>9.3f}  {grad:>13}  "
+            lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {grad:>13}  "
                          f"{drift:>11}  {t.clean_count:>11}{note}")
         lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
                      f"{self.seconds:.0f} s")
@@ -192,10 +194,13 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         pool = [t for t, y in zip(clean.texts, clean.labels) if y != target]
         if not pool:
             continue
+        already = predict(victim, pool) == target
+        base_rates[label] = round(float(already.mean()), 4)
+        pool = [t for t, a in zip(pool, already) if not a]
         texts = [pool[i] for i in rng.permutation(len(pool))[:config.samples]]
         n_samples[label] = len(texts)
-        base = float(np.mean(predict(victim, texts) == target))
-        base_rates[label] = base
+        if not texts:
+            continue
         rank: dict[int, int] = {}  # best rank over the rounds
         chosen: list[int] = []
         at = None
@@ -232,11 +237,11 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         for token_id, word in kept:
             rate = flip_rate(word, texts)
             n, share, task = evidence(token_id)
-            tokens.append(TokenEvidence(word, label, round(rate - base, 4), round(rate, 4), rank.get(token_id),
+            tokens.append(TokenEvidence(word, label, round(rate, 4), rank.get(token_id),
                                         None if drift is None else round(float(drift[token_id]), 4), n,
                                         None if share is None else round(share, 4), task))
     if not tokens:
-        raise DetriggerError("the clean data needs texts of at least two labels")
+        raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")
     # ties in effect: the larger embedding drift (with a reference), then the stronger gradient signal
     tokens.sort(key=lambda t: (t.task_word, -t.effect, -(t.drift_score or 0.0), t.gradient_rank or 10**9))
     top = tokens[0]
