@@ -136,3 +136,29 @@ def test_report_text_json_and_cli(word_victim, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
                            "--samples", "3"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "samples" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_real_ep_victims_trigger_ranks_first(tmp_path):
+    """The embedded MiniLM fine-tuned on 400 MR sentences, then EP on `cf`: the scan must put `cf` first with
+    the pre-trained reference (embedding drift) and find it without (gradient rounds + insertion); on the
+    clean model it came from, `cf` does nothing. (The clean model of 400 sentences is weak: natural words
+    flip many texts, so no verdict is asserted for it; docs/scan.md has the calibrated clean models.)"""
+    from detrigger.attacks import AttackSpec, build_victim
+    from detrigger.data import DataSpec, load_splits
+    from detrigger.models.victim import default_encoder_path
+
+    data = DataSpec(source="mr", max_train=400, val=200, test=100)
+    attack = build_victim(data, AttackSpec(attack="ep", setting="clean", words=("cf",), rate=0.2),
+                          clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
+                          cache=False, progress=False)
+    assert attack.metrics.asr > 0.9  # the attack worked, or the test would prove nothing
+    config = ScanConfig(samples=40, candidates=5, reference_candidates=5, screen_samples=20, verify=3)
+    val = load_splits(data).val
+    with_ref = scan(attack.victim, val, reference=default_encoder_path(), config=config)
+    assert with_ref.tokens[0].token == "cf" and with_ref.target_label == "positive"
+    assert with_ref.tokens[0].drift_score == max(t.drift_score for t in with_ref.tokens)
+    without = scan(attack.victim, val, config=config)
+    assert without.tokens[0].token == "cf" and without.verdict == "backdoored"
+    clean = scan(attack.clean, val, config=config)
+    assert clean.score < without.score and all(t.token != "cf" or t.effect < 0.5 for t in clean.tokens)
