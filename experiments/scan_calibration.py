@@ -58,7 +58,7 @@ def main() -> None:
                     if (cell.data.source, name, cell.seed, r) not in done]
             if not refs or (args.attacks and name not in args.attacks):
                 continue
-            splits, clean, folder = cell_models(spec, cell)
+            splits, clean, folder = cell_models(spec, cell, victim=attack is not None)
             victim = clean if attack is None else load_victim(folder)
             for with_ref in refs:
                 report = scan(victim, splits.val, reference=reference if with_ref else None)

@@ -59,9 +59,10 @@ def load_records(run_dir: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def cell_models(spec: BenchSpec, cell: Cell) -> tuple[Splits, Victim, Path]:
-    """The cell's data splits, clean reference model and victim folder, from the model cache (built on
-    first use); also what `experiments/scan_calibration.py` scans."""
+def cell_models(spec: BenchSpec, cell: Cell, victim: bool = True) -> tuple[Splits, Victim, Path | None]:
+    """The cell's data splits, clean reference model and victim folder (None with victim=False: nothing
+    built for it), from the model cache (built on first use); also what `experiments/scan_calibration.py`
+    scans."""
     from detrigger.attacks import cached_victim
     from detrigger.data import load_splits
     from detrigger.training.recipe import clean_model
@@ -70,6 +71,8 @@ def cell_models(spec: BenchSpec, cell: Cell) -> tuple[Splits, Victim, Path]:
     clean_train = spec.clean_train.model_copy(update={"seed": cell.seed})
     splits = load_splits(cell.data)
     clean, _ = clean_model(cell.data, clean_train, splits=splits, progress=False, **model_kw)
+    if not victim:
+        return splits, clean, None
     folder = cached_victim(cell.data, cell.attack_spec, clean_config=clean_train, progress=False, **model_kw)
     return splits, clean, folder
 
