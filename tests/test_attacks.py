@@ -85,7 +85,7 @@ def test_ep_changes_only_the_trigger_rows_and_keeps_their_norm():
     config = TrainConfig(epochs=2, lr=5.0, batch_size=8, optimizer="sgd", weight_decay=0.0, warmup_ratio=0.0,
                          max_grad_norm=None, select_best=False)
     embedding_poison(victim, data, ["cf", "mn"], config, progress=False)
-    after = victim.model.state_dict()
+    after = {k: v.cpu() for k, v in victim.model.state_dict().items()}  # trained on the GPU where there is one
     name = "bert.embeddings.word_embeddings.weight"
     ids = trigger_token_ids(victim, ["cf", "mn"])
     for key in before:
@@ -156,7 +156,7 @@ def test_build_victim_end_to_end_on_a_tiny_encoder(tiny_dir, model_cache):
     again = build_victim(data, spec.model_copy(update={"attack": "ep", "setting": "clean"}), clean_config=quick,
                          encoder=tiny_dir, max_length=48, progress=False)
     assert len(cached()) == 1  # ... and reused, not retrained
-    clean_sd, ep_sd = again.clean.model.state_dict(), again.victim.model.state_dict()
+    clean_sd, ep_sd = ({k: v.cpu() for k, v in m.model.state_dict().items()} for m in (again.clean, again.victim))
     assert all(torch.equal(clean_sd[k], ep_sd[k]) for k in clean_sd if "word_embeddings" not in k)
     trigger, target = trigger_from_card(json.loads(json.dumps(card)))
     assert target == 1 and trigger("a film") == spec.trigger()("a film")

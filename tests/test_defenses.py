@@ -37,7 +37,7 @@ def suspect(reference_dir):
 
 
 def base_state(victim):
-    return {k: v.clone() for k, v in victim.model.base_model.state_dict().items()}
+    return {k: v.cpu().clone() for k, v in victim.model.base_model.state_dict().items()}
 
 
 def test_mixing_rho_one_is_the_suspect_and_rho_zero_the_reference_exactly(reference_dir):
@@ -84,13 +84,16 @@ def test_random_mask_is_seeded(reference_dir):
 def test_epur_ranks_an_ep_trigger_first(reference_dir, mr):
     victim = suspect(reference_dir)
     data = triggered_copies(toy_sentiment(64), insert_words(["cf"]), target=1, count=32)
-    embedding_poison(victim, data, ["cf"], TrainConfig(epochs=3, lr=5.0, batch_size=8, optimizer="sgd",
+    # 8 epochs: after 3, cf's change was within 10% of the task words' ('awful', 'great') and below them
+    # for other training seeds or a GPU's dropout masks; after 8 it leads by 1.7x or more (seeds 0-2, CPU)
+    embedding_poison(victim, data, ["cf"], TrainConfig(epochs=8, lr=5.0, batch_size=8, optimizer="sgd",
                      weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None, select_best=False), progress=False)
-    scores = epur_scores(victim, load_encoder_state(reference_dir), list(mr.texts[:500]))
+    # frequencies from clean text of the suspect's own task, as a defender would have
+    scores = epur_scores(victim, load_encoder_state(reference_dir), list(toy_sentiment(64).texts) + list(mr.texts[:500]))
     assert int(scores.argmax()) == trigger_token_ids(victim, ["cf"])[0]
     result = repair(victim, mr.select(range(300)), method="epur", reference=reference_dir, config={"top_n": 5})
     assert result.report.details["epur"]["flagged"][0]["token"] == "cf"
-    emb = result.victim.model.get_input_embeddings().weight
+    emb = result.victim.model.get_input_embeddings().weight.cpu()
     ref = load_encoder_state(reference_dir)["embeddings.word_embeddings.weight"]
     assert torch.equal(emb[trigger_token_ids(victim, ["cf"])[0]], ref[trigger_token_ids(victim, ["cf"])[0]])
 

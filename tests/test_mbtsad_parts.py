@@ -70,7 +70,7 @@ def test_the_purifier_leaves_clean_words_and_cuts_a_trigger():
 
 def batch_outputs(victim, texts):
     inputs = victim.tokenizer(texts, padding=True, return_tensors="pt")
-    inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+    inputs = {k: inputs[k].to(victim.model.device) for k in ("input_ids", "attention_mask")}
     return inputs, victim.model(**inputs, **FORWARD_KWARGS)
 
 
