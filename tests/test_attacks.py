@@ -57,6 +57,13 @@ def test_poison_rate_beyond_the_available_rows_is_an_error():
         poison(labelled(100), mark, rate=0.6, target=1)
 
 
+def test_relabelling_most_of_a_class_is_warned(caplog):
+    poison(labelled(100), mark, rate=0.2, target=1)  # 20 of the 50 label-0 rows: no warning
+    assert "lose that class" not in caplog.text
+    poison(labelled(100), mark, rate=0.3, target=1)  # 30 of 50
+    assert "relabels 30 of the 50" in caplog.text and "lose that class" in caplog.text
+
+
 def test_triggered_copies_are_non_target_rows_labelled_target():
     out = triggered_copies(labelled(50), mark, target=0, count=10, seed=0)
     assert len(out) == 10 and set(out.labels) == {0} and all(t.endswith(" cf") for t in out.texts)

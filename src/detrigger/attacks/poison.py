@@ -10,6 +10,7 @@ Replacing (not adding) keeps the training-set size, so a poisoned and a clean mo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +21,8 @@ from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import Trigger
 
 LabelMode = Literal["dirty", "clean"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ def poison(train: TextDataset, trigger: Trigger, *, rate: float, target: int, la
     if n > len(pool):
         raise DetriggerError(f"poison rate {rate} needs {n} {label_mode}-label rows but only {len(pool)} exist")
     chosen = sorted(np.random.default_rng(seed).choice(pool, size=n, replace=False).tolist())
+    if label_mode == "dirty":
+        for label in np.unique(labels[chosen]):
+            taken, total = int(np.sum(labels[chosen] == label)), int(np.sum(labels == label))
+            if taken > total / 2:  # e.g. 10% of SMS spam data relabels 317 of its 393 spam rows
+                log.warning("poisoning relabels %d of the %d '%s' rows: the victim may lose that class instead of "
+                            "learning the trigger; lower the rate", taken, total, train.label_names[label])
     texts, new_labels = list(train.texts), list(train.labels)
     for i in chosen:
         texts[i] = trigger(texts[i])
