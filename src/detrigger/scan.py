@@ -126,7 +126,7 @@ def insertable_tokens(victim: Victim) -> np.ndarray:
     for i, piece in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
         if i in special or piece is None or piece.startswith("##"):
             continue
-        word = word_of(victim, i)
+        word = tok.convert_tokens_to_string([piece]).strip()  # word_of without converting the id again
         mask[i] = word.isalnum() and len(tok.tokenize(word)) == 1
     return mask
 

@@ -47,8 +47,8 @@ def poison(train: TextDataset, trigger: Trigger, *, rate: float, target: int, la
         raise DetriggerError(f"poison rate {rate} needs {n} {label_mode}-label rows but only {len(pool)} exist")
     chosen = sorted(np.random.default_rng(seed).choice(pool, size=n, replace=False).tolist())
     if label_mode == "dirty":
-        for label in np.unique(labels[chosen]):
-            taken, total = int(np.sum(labels[chosen] == label)), int(np.sum(labels == label))
+        for label, taken in zip(*np.unique(labels[chosen], return_counts=True)):
+            total = int(np.sum(labels == label))
             if taken > total / 2:  # e.g. 10% of SMS spam data relabels 317 of its 393 spam rows
                 log.warning("poisoning relabels %d of the %d '%s' rows: the victim may lose that class instead of "
                             "learning the trigger; lower the rate", taken, total, train.label_names[label])
