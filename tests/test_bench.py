@@ -248,3 +248,18 @@ def test_plots_draw_only_mixing_curves_as_rho_curves(tmp_path):
     names = {p.name for p in plot(records, tmp_path)}
     assert names == {"bars-mr-badnet.png", "asr-vs-cacc.png", "rho-curve.png"}
     assert {p.name for p in plot(records[:1], tmp_path / "fp")} == {"bars-mr-badnet.png", "asr-vs-cacc.png"}
+
+
+def test_report_tables_stage_times_of_the_defences_that_report_them():
+    from detrigger.bench.report import markdown
+
+    base = {"status": "done", "data": "mr", "attack": "badnet", "clean_fraction": 0.2, "cacc": 0.8, "asr": 0.3}
+    records = [{**base, "defence": "ft", "seed": 0, "details": {"ft": {"train": {}}}}]
+    records += [{**base, "defence": "mbtsad", "seed": seed, "details": {"mbtsad": {
+        "teacher_val_accuracy": acc, "stages": {"split_seconds": 0.05, "teacher_seconds": secs}}}}
+        for seed, secs, acc in ((0, 150.0, 0.94), (1, 170.0, 0.92))]
+    text = markdown(records)
+    assert "| attack | defence | seeds | split | teacher | teacher held-out acc. |" in text
+    assert "| badnet | mbtsad | 2 | 0.1 | 160.0 | 93.00 ± 1.41 |" in text
+    assert "| badnet | ft | 1 | -" not in text.split("Repair stages")[1]  # no stages, no row
+    assert "Repair stages" not in markdown(records[:1])

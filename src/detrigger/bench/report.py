@@ -154,11 +154,37 @@ def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
                                       for m in ("cacc", "asr", "trigger_effect", "ra", "asr_floor"))
                          + f" | {'-' if secs is None else f'{secs[0]:.0f}'} |")
         lines.append("")
+        lines += _stage_table(rows)
     bad = [r for r in records if r["status"] == "failed"]
     if bad:
         lines += [f"{len(bad)} failed cell(s) (rerun with --retry-failed):", ""]
         lines += [f"- {r['attack']} / {r['defence']} / seed {r['seed']}: {r['error'][:200]}" for r in bad]
     return "\n".join(lines).rstrip()
+
+
+def _stages(r: dict[str, Any]) -> dict[str, float]:
+    """A record's per-stage wall seconds (the `stages` its defence steps report), e.g. {'teacher': 155.4}."""
+    return {name.removesuffix("_seconds"): secs for step in (r.get("details") or {}).values()
+            for name, secs in (step.get("stages") or {}).items()}
+
+
+def _stage_table(rows: list[tuple[tuple, list[dict[str, Any]]]]) -> list[str]:
+    """Mean wall seconds per stage and the teacher's held-out accuracy, for the defences that report stages
+    (the distillation family): where a repair's time goes."""
+    rows = [(key, rs) for key, rs in rows if any(_stages(r) for r in rs)]
+    if not rows:
+        return []
+    names = list(dict.fromkeys(name for _, rs in rows for r in rs for name in _stages(r)))
+    lines = ["Repair stages (wall seconds, mean over seeds) and the teacher's accuracy on the defender's "
+             "held-out clean texts:", "",
+             "| attack | defence | seeds | " + " | ".join(names) + " | teacher held-out acc. |",
+             "|---|---|---|" + "---|" * (len(names) + 1)]
+    for (_, attack, defence, _), rs in rows:
+        cells = [mean_std([_stages(r).get(name) for r in rs], scale=1) for name in names]
+        teacher = mean_std([step.get("teacher_val_accuracy") for r in rs for step in (r.get("details") or {}).values()])
+        lines.append(f"| {attack} | {defence} | {len(rs)} | " + " | ".join(
+            "-" if c is None else f"{c[0]:.1f}" for c in cells) + f" | {_fmt(teacher)} |")
+    return lines + [""]
 
 
 def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
