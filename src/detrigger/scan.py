@@ -126,14 +126,19 @@ def insertable_tokens(victim: Victim) -> np.ndarray:
     for i, piece in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
         if i in special or piece is None or piece.startswith("##"):
             continue
-        word = tok.convert_tokens_to_string([piece]).strip()  # word_of without converting the id again
+        word = typed(tok, piece)
         mask[i] = word.isalnum() and len(tok.tokenize(word)) == 1
     return mask
 
 
+def typed(tokenizer, piece: str) -> str:
+    """How a user types a whole-word token piece (e.g. a byte-level 'Ġcf' -> 'cf')."""
+    return tokenizer.convert_tokens_to_string([piece]).strip()
+
+
 def word_of(victim: Victim, token_id: int) -> str:
     """The typed word of a whole-word token."""
-    return victim.tokenizer.convert_tokens_to_string([victim.tokenizer.convert_ids_to_tokens(token_id)]).strip()
+    return typed(victim.tokenizer, victim.tokenizer.convert_ids_to_tokens(token_id))
 
 
 def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int,
