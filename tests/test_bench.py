@@ -263,3 +263,60 @@ def test_report_tables_stage_times_of_the_defences_that_report_them():
     assert "| badnet | mbtsad | 2 | 0.1 | 160.0 | 93.00 ± 1.41 |" in text
     assert "| badnet | ft | 1 | -" not in text.split("Repair stages")[1]  # no stages, no row
     assert "Repair stages" not in markdown(records[:1])
+
+
+def mr_csv(path: Path, n: int = 160, flip: bool = False) -> Path:
+    """A CSV file of real MR sentences (labels flipped with `flip`)."""
+    import csv
+
+    from detrigger.data import load_data
+
+    mr = load_data("mr")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for text, label in list(zip(mr.texts, mr.labels))[:: len(mr) // n][:n]:
+            writer.writerow([text, mr.label_names[1 - label if flip else label]])
+    return path
+
+
+def test_an_edited_data_file_gets_new_cache_and_cell_keys(tmp_path, tiny_dir, model_cache, caplog):
+    """The keys hash the file's content, not its path: after every label is flipped, neither the clean model
+    nor a bench cell is served from what was computed before."""
+    import logging
+
+    from detrigger.training.recipe import clean_model
+
+    data = mr_csv(tmp_path / "reviews.csv")
+    spec_dict = {**tiny_spec(tiny_dir, seeds=(0,)), "data": [{"source": str(data), "val": 20, "test": 40}]}
+    spec = load_spec(write_spec(tmp_path / "s.yaml", spec_dict))
+    keys = {cell_key(spec, c) for c in spec.cells()}
+    victim = victim_folder(spec.data[0], spec.attacks[0].at_seed(0), clean_config=spec.clean_train,
+                           encoder=tiny_dir, max_length=48)
+    config = TrainConfig(**QUICK)
+    _, before = clean_model(spec.data[0], config, encoder=tiny_dir, max_length=48, progress=False)
+    mr_csv(data, flip=True)
+    edited = load_spec(tmp_path / "s.yaml")
+    assert not keys & {cell_key(edited, c) for c in edited.cells()}
+    assert victim_folder(edited.data[0], edited.attacks[0].at_seed(0), clean_config=edited.clean_train,
+                         encoder=tiny_dir, max_length=48) != victim
+    with caplog.at_level(logging.INFO, logger="detrigger"):
+        clean_model(edited.data[0], config, encoder=tiny_dir, max_length=48, progress=False)
+    assert "from cache" not in caplog.text
+    assert len([p for p in (model_cache / "clean").iterdir() if p.is_dir()]) == 2
+
+
+@pytest.mark.slow
+def test_bench_with_a_csv_data_source_end_to_end(tmp_path, tiny_dir, model_cache):
+    data = mr_csv(tmp_path / "my data.csv")
+    spec_dict = {**tiny_spec(tiny_dir, seeds=(0,)), "data": [{"source": str(data), "val": 20, "test": 40}],
+                 "defences": [{"method": "ft", "config": {"train": QUICK}}]}
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "bench", str(write_spec(tmp_path / "s.yaml", spec_dict)),
+                           "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    records = load_records(tmp_path / "run")
+    assert len(records) == 3 and all(r["status"] == "done" for r in records.values())
+    bars = [p.name for p in (tmp_path / "run" / "plots").glob("bars-*.png")]
+    assert len(bars) == 1 and "/" not in bars[0] and bars[0].endswith("my_data.csv-badnet.png")
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert f"**{data}**" in table and "| badnet | ft | 50% | 1 |" in table

@@ -46,7 +46,7 @@ def test_data_show_prints_balance_and_split():
     assert "sms: 4534 rows" in proc.stdout and "ham" in proc.stdout and "split (seed 1): train 3174, val 453, test 907" in proc.stdout
 
 
-# ------------------------------------------------------------------ one test per error the issue lists
+# ------------------------------------------------------------------ errors (the bad-input corpus: test_bad_inputs.py)
 
 @pytest.fixture
 def out(tmp_path) -> Path:
@@ -57,55 +57,11 @@ def train_on(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return run("train", "--data", str(path), "--out", str(out), "--no-progress", *extra)
 
 
-def test_missing_file(tmp_path, out):
-    assert_clean_error(train_on(tmp_path / "nope.csv", out), "nope.csv: no such file")
-    assert not out.exists()
-
-
-def test_missing_column(tmp_path, out):
-    (tmp_path / "d.csv").write_text("text,label\nfine,1\n")
-    assert_clean_error(train_on(tmp_path / "d.csv", out, "--label-column", "y"), "no column 'y' (columns: text, label)")
-    assert not out.exists()
-
-
-def test_malformed_csv_line(tmp_path, out):
-    (tmp_path / "d.csv").write_text("text,label\nfine,1\nbad,row,0\n")
-    assert_clean_error(train_on(tmp_path / "d.csv", out), "d.csv: line 3: expected 2 fields, found 3")
-    assert not out.exists()
-
-
-def test_malformed_jsonl_line(tmp_path, out):
-    (tmp_path / "d.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": "oops"\n')
-    assert_clean_error(train_on(tmp_path / "d.jsonl", out), "d.jsonl: line 2: not valid JSON")
-    assert not out.exists()
-
-
-def test_empty_text(tmp_path, out):
-    (tmp_path / "d.tsv").write_text("text\tlabel\nfine\t1\n \t0\n")
-    assert_clean_error(train_on(tmp_path / "d.tsv", out), "d.tsv: line 3: empty text in column 'text'")
-    assert not out.exists()
-
-
-def test_label_outside_the_models_label_set(tiny_dir, tmp_path):
-    (tmp_path / "d.csv").write_text("text,label\ngood,positive\nhmm,neutral\n")
-    assert_clean_error(run("eval", str(tiny_dir), str(tmp_path / "d.csv")),
-                       "d.csv: line 3: label 'neutral' is not in the label set [negative, positive]")
-
-
 def test_model_folder_without_weights(tiny_dir, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(tiny_dir, folder)
     (folder / "model.safetensors").unlink()
     assert_clean_error(run("eval", str(folder), "sms"), "no model weights")
-
-
-def test_pickle_checkpoint_refused(tiny_dir, tmp_path):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_dir, folder)
-    from safetensors.torch import load_file
-    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
-    (folder / "model.safetensors").unlink()
-    assert_clean_error(run("eval", str(folder), "sms"), "only pickle weights (pytorch_model.bin)")
 
 
 def test_existing_output_folder_is_not_clobbered(tmp_path, out):

@@ -86,3 +86,20 @@ def test_new_victim_on_the_embedded_encoder_is_seeded(tmp_path):
     assert a.tokenizer.tokenize("cf") == ["cf"]  # the classic rare-word trigger is one WordPiece
     out = a.save(tmp_path / "m")
     assert (predict(load_victim(out), TEXTS) == predict(a, TEXTS)).all()
+
+
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_saved_folders_and_files_follow_the_umask(tmp_path, tiny, umask, folder_mode, file_mode):
+    """A model saved for a serving user or a shared folder is readable by them under the usual umask."""
+    import os
+    import stat
+
+    before = os.umask(umask)
+    try:
+        out = tiny.save(tmp_path / "model", extra_files={"repair.json": {"method": "ft"}, "notes.txt": "hi"})
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(out.stat().st_mode) == folder_mode
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert {"model.safetensors", "detrigger.json", "repair.json", "notes.txt"} <= set(modes)
+    assert set(modes.values()) == {file_mode}, modes

@@ -454,10 +454,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DetriggerError(f"output path {out} exists and is not a folder")
     records = run_bench(spec, out, executor=args.executor, address=args.address, retry_failed=args.retry_failed,
-                        progress=False if args.no_progress else None, seeds=args.seeds, attacks=args.attacks)
+                        progress=False if args.no_progress else None, seeds=args.seeds, attacks=args.attacks,
+                        overwrite=args.overwrite)
     print((out / "results.md").read_text().rstrip())
     failed = sum(r["status"] == "failed" for r in records.values())
     print(f"\n{len(records)} cells recorded in {out}/cells ({failed} failed); "
@@ -636,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun the cells recorded as failed")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="run only these seeds now (default: all)")
     p.add_argument("--attacks", nargs="+", default=None, help="run only these attacks (spec names) now (default: all)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder that is not a run folder (its results.md, plots/ are replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 

@@ -1,4 +1,6 @@
-"""Atomic file and folder writes, so a crash never leaves a half-written result behind."""
+"""Atomic file and folder writes, so a crash never leaves a half-written result behind. What they leave has
+the permissions the umask gives (0644 files, 0755 folders under the usual 022), like any other write: the
+temp files they start from are private (0600/0700) until renamed into place."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def write_json(path: Path, obj: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -53,6 +56,7 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _follow_umask(tmp)
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
         os.replace(out, old / "x")
@@ -60,6 +64,25 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give a finished folder and everything in it the umask's modes: mkdtemp makes 0700 and some writers
+    (safetensors) 0600 files, which a serving user or a shared folder could not read."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

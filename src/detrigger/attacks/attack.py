@@ -166,6 +166,6 @@ def cached_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig
 def victim_folder(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig, encoder: str | Path | None,
                   max_length: int) -> Path:
     """The cache folder of a victim: a hash of everything that determines it."""
-    return cache_folder("victims", {"data": data.model_dump(), "attack": spec.model_dump(mode="json"),
+    return cache_folder("victims", {"data": data.identity(), "attack": spec.model_dump(mode="json"),
                                     "clean_train": clean_config.model_dump(exclude={"device"}),
                                     "encoder": encoder_id(encoder), "max_length": max_length})

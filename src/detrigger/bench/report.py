@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import logging
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -211,7 +212,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_ylim(0, 100)
         ax.set_title(f"{data} / {attack}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        written.append(_save(fig, out / f"bars-{data}-{attack}.png"))
+        written.append(_save(fig, out / f"bars-{safe_name(data)}-{safe_name(attack)}.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     defences = sorted({k[2] for k in table})
@@ -242,6 +243,11 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.legend(fontsize=6)
         written.append(_save(fig, out / "rho-curve.png"))
     return written
+
+
+def safe_name(text: str) -> str:
+    """A file-name part from any data source or attack name (`data/x.csv` -> `data_x.csv`)."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_.") or "_"
 
 
 def _save(fig, path: Path) -> Path:

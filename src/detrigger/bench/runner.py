@@ -12,12 +12,13 @@ the cluster has one; the driver writes the records). Clean models and victims ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CELLS = "cells"
+LOCK = ".lock"
 Executor = Literal["local", "ray"]
 # Details kept in a record: the facts a table or plot needs, not whole training histories.
 KEPT_DETAILS = ("rho", "curve", "ratio", "val_accuracy", "suspect_val_accuracy",
@@ -127,16 +129,54 @@ def _failed(cell: Cell, key: str, exc: BaseException) -> dict[str, Any]:
 
 def run_bench(spec: BenchSpec, run_dir: str | Path, *, executor: Executor = "local", address: str | None = None,
               retry_failed: bool = False, progress: bool | None = None, seeds: Sequence[int] | None = None,
-              attacks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+              attacks: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, dict[str, Any]]:
     """Run every cell of `spec` that has no record in `run_dir` (and failed ones with `retry_failed`), then
     write the reports (`report.write_report`); returns the spec's records by key. `seeds` and `attacks`
-    (attack names) run a slice of the grid now; the reports still cover every recorded cell."""
+    (attack names) run a slice of the grid now; the reports still cover every recorded cell.
+
+    `run_dir` is new, empty or a run folder (it has `cells/`, `spec.json` or a writer's `.lock`); any other non-empty folder is
+    refused unless `overwrite`. One process writes a run folder at a time: a second one is refused at once."""
     run_dir = Path(run_dir)
     cells = {cell_key(spec, c): c for c in spec.cells()}
     for name, chosen, known in (("seed", seeds, spec.seeds), ("attack", attacks, [a.label() for a in spec.attacks])):
         unknown = sorted(set(chosen or ()) - set(known), key=str)
         if unknown:
             raise DetriggerError(f"{name} {unknown[0]} is not in the spec (it has {', '.join(map(str, known))})")
+    _check_run_dir(run_dir, overwrite)
+    with _writer_lock(run_dir):
+        return _run_locked(spec, run_dir, cells, executor, address, retry_failed, progress, seeds, attacks)
+
+
+def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DetriggerError(f"output path {run_dir} exists and is not a folder")
+    is_run = any((run_dir / name).exists() for name in (CELLS, "spec.json", LOCK))
+    if run_dir.is_dir() and not is_run and any(run_dir.iterdir()) and not overwrite:
+        raise DetriggerError(f"output folder {run_dir} is not empty and is not a bench run folder "
+                             "(pass --overwrite to write the run into it anyway)")
+
+
+@contextlib.contextmanager
+def _writer_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `RUN_DIR/.lock` (an OS lock, released when the process dies, even by SIGKILL) while writing."""
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DetriggerError(f"{run_dir}: another bench process is writing this run folder; wait for it to "
+                             "finish (it records every cell this one would) or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: BenchSpec, run_dir: Path, cells: dict[str, Cell], executor: Executor, address: str | None,
+                retry_failed: bool, progress: bool | None, seeds: Sequence[int] | None,
+                attacks: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     records = load_records(run_dir)
     todo = [(k, c) for k, c in cells.items()
             if (k not in records or (retry_failed and records[k]["status"] == "failed"))

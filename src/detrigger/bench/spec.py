@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detrigger.attacks.attack import AttackSpec
-from detrigger.data import DataSpec
+from detrigger.data import DataSpec, check_source
 from detrigger.errors import DetriggerError, invalid
 from detrigger.models.victim import DEFAULT_MAX_LENGTH
 from detrigger.training.loop import TrainConfig
@@ -167,7 +167,7 @@ class Cell:
         from detrigger.defenses import step_configs
 
         resolved = [c.model_dump(mode="json") for c in step_configs(self.method, self.config)] if self.method else None
-        return {"data": self.data.model_dump(), "attack": self.attack_spec.model_dump(mode="json"),
+        return {"data": self.data.identity(), "attack": self.attack_spec.model_dump(mode="json"),
                 "defence": self.defence if self.method is None else None, "method": self.method,
                 "config": resolved, "clean_fraction": self.clean_fraction}
 
@@ -186,6 +186,12 @@ def load_spec(path: str | Path) -> BenchSpec:
     if not isinstance(raw, dict):
         raise DetriggerError(f"{path}: a spec is a mapping with data, attacks, defences, seeds...")
     try:
-        return BenchSpec(**raw)
+        spec = BenchSpec(**raw)
     except ValidationError as exc:
         raise DetriggerError(f"{path}: {invalid(exc, hidden=('spec',))}") from None
+    for i, data in enumerate(spec.data):  # now, not when every cell of the grid fails
+        try:
+            check_source(data)
+        except DetriggerError as exc:
+            raise DetriggerError(f"{path}: data.{i}.source: {exc}") from None
+    return spec

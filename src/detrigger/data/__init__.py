@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,8 +13,10 @@ from detrigger.data.dataset import Splits, TextDataset, clean_subset, split
 from detrigger.data.files import SUFFIXES, read_file
 from detrigger.data.hf import is_saved_dataset, read_hf
 from detrigger.errors import DetriggerError
+from detrigger.fingerprint import content_id
 
-__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "clean_subset", "load_data", "load_splits", "split"]
+__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "check_source", "clean_subset", "load_data",
+           "load_splits", "split"]
 
 
 def load_data(source: str | Path, *, text_column: str = "text", label_column: str = "label",
@@ -53,6 +56,22 @@ class DataSpec(BaseModel):
     test: float | int = Field(0.2, ge=0, description="test size: fraction of the whole set, or a count")
     seed: int = 0
     max_train: int | None = Field(None, ge=1, description="cap on the training split (stratified sample)")
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the data, for cache and cell keys: the fields, plus a hash of the contents when the
+        source is a local file or folder (built-in archives are sha256-checked; `hf:` names are the hub's)."""
+        fields = self.model_dump()
+        if self.source not in CORPORA and not self.source.startswith("hf:") and Path(self.source).exists():
+            fields["content"] = content_id(self.source)
+        return fields
+
+
+def check_source(spec: DataSpec) -> None:
+    """Fail now if the data a spec names cannot be loaded: a local file or folder is read whole (columns,
+    lines, labels); a built-in name is known; `hf:` names are checked when the hub is reached."""
+    if spec.source in CORPORA or spec.source.startswith("hf:"):
+        return
+    load_data(spec.source, text_column=spec.text_column, label_column=spec.label_column)
 
 
 def load_splits(spec: DataSpec, label_names: Sequence[str] | None = None) -> Splits:

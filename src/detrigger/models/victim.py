@@ -4,7 +4,9 @@ A victim folder is a Hugging Face model folder (config.json, model.safetensors, 
 `detrigger.json` (label names, max length, where it came from) and, for a model repaired with an input
 purifier, `purifier.json`. Any Hugging Face sequence-classification folder loads too. Weights are read
 from safetensors only: a pickle checkpoint (`.bin`, `.pt`) can run code when unpickled, so it is refused
-unless the caller opts in with `allow_pickle=True`.
+unless the caller opts in with `allow_pickle=True`. Code shipped in a folder (`auto_map` modules) never runs:
+every load passes `trust_remote_code=False`, and a folder whose architecture exists only as such code is refused.
+Every problem with a folder is one `DetriggerError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any, Literal
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from safetensors import SafetensorError, safe_open
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir, write_json
@@ -112,14 +116,24 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _check_folder(path: Path, allow_pickle: bool) -> bool:
-    """Validate a model folder; return True when its weights are a pickle checkpoint (opted in)."""
+    """Validate a model folder (config, weights, no custom code needed); return True when its weights are a
+    pickle checkpoint (opted in)."""
     if not path.exists():
         raise DetriggerError(f"{path}: no such model folder")
     if not path.is_dir():
         raise DetriggerError(f"{path}: a model must be a folder (config.json + model.safetensors + tokenizer)")
     if not (path / "config.json").is_file():
         raise DetriggerError(f"{path}: no config.json, not a Hugging Face model folder")
-    if any((path / f).is_file() for f in SAFE_WEIGHTS):
+    _refuse_custom_code(path, _read_json(path / "config.json"))
+    if (path / "tokenizer_config.json").is_file():
+        _refuse_custom_code(path, _read_json(path / "tokenizer_config.json"), "tokenizer_config.json")
+    if (path / SAFE_WEIGHTS[1]).is_file():
+        index = _read_json(path / SAFE_WEIGHTS[1])
+        for shard in sorted(set((index.get("weight_map") or {}).values())):
+            _check_safetensors(path / shard)
+        return False
+    if (path / SAFE_WEIGHTS[0]).is_file():
+        _check_safetensors(path / SAFE_WEIGHTS[0])
         return False
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
@@ -131,40 +145,85 @@ def _check_folder(path: Path, allow_pickle: bool) -> bool:
     raise DetriggerError(f"{path}: no model weights (expected model.safetensors)")
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder's file, or one error naming the file."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DetriggerError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DetriggerError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DetriggerError(f"{path}: expected a JSON object")
+    return obj
+
+
+def _refuse_custom_code(path: Path, config: dict[str, Any], name: str = "config.json") -> None:
+    """A folder whose `auto_map` names its own Python classes for an architecture transformers does not know
+    can only be loaded by running that code: refuse it. With a known architecture the map is ignored."""
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return
+    model_type = config.get("model_type")
+    if name == "config.json" and model_type not in CONFIG_MAPPING:
+        modules = sorted({str(v).split(".")[0] for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map])})
+        raise DetriggerError(f"{path / name}: model type {model_type!r} exists only as code shipped in the folder "
+                             f"({', '.join(m + '.py' for m in modules)}); detrigger never runs a model folder's code")
+    log.warning("%s: ignoring its auto_map (custom code is never run); loading with the built-in classes", path / name)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Open the file's header: a truncated or corrupt file fails here, with its name, not deep in a load."""
+    if not path.is_file():
+        raise DetriggerError(f"{path}: missing weights file (named by the index)")
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise DetriggerError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())})") from None
+
+
 def _load_tokenizer(path: Path) -> transformers.PreTrainedTokenizerBase:
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise DetriggerError(f"{path}: no tokenizer files (tokenizer.json or vocab.txt)")
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, OSError) as exc:  # an unknown tokenizer class, a broken tokenizer file
+        raise DetriggerError(f"{path}: cannot load the tokenizer ({' '.join(str(exc).split())})") from None
 
 
 def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Attention = "sdpa") -> Victim:
     """Load a sequence classifier folder (a detrigger victim or any Hugging Face one) on the CPU."""
     path = Path(path)
     use_pickle = _check_folder(path, allow_pickle)
-    meta: dict[str, Any] = {}
-    if (path / META_FILE).is_file():
-        try:
-            meta = json.loads((path / META_FILE).read_text())
-        except json.JSONDecodeError as exc:
-            raise DetriggerError(f"{path / META_FILE}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    meta = _read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
     purifier = None
     if (path / PURIFIER_FILE).is_file():
         try:
-            purifier = RareWordSplitter.from_dict(json.loads((path / PURIFIER_FILE).read_text()))
-        except json.JSONDecodeError as exc:
-            raise DetriggerError(f"{path / PURIFIER_FILE}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+            purifier = RareWordSplitter.from_dict(_read_json(path / PURIFIER_FILE))
         except ValueError as exc:
             raise DetriggerError(f"{path / PURIFIER_FILE}: {exc}") from None
-    config = AutoConfig.from_pretrained(path)
     with _quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=not use_pickle, attn_implementation=attention)
+        model = _from_pretrained(AutoModelForSequenceClassification, path, use_safetensors=not use_pickle,
+                                 attn_implementation=attention)
+    config = model.config
     if not meta and (not config.architectures or not any("SequenceClassification" in a for a in config.architectures)):
         log.warning("%s: not a sequence classifier; its classification head is newly initialised", path)
     names = meta.get("label_names") or [config.id2label[i] for i in range(config.num_labels)]
+    if len(names) != model.config.num_labels:
+        raise DetriggerError(f"{path / META_FILE}: {len(names)} label names [{', '.join(map(str, names))}] but the "
+                             f"model has {model.config.num_labels} outputs")
     return Victim(model.eval(), _load_tokenizer(path), tuple(names),
                   int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}),
                   purifier)
+
+
+def _from_pretrained(auto: Any, path: Path, **kwargs: Any) -> transformers.PreTrainedModel:
+    """`auto.from_pretrained` with remote code off; a checkpoint that does not fit its config is one error."""
+    try:
+        return auto.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except (ValueError, OSError, RuntimeError, SafetensorError) as exc:
+        raise DetriggerError(f"{path}: cannot load the model ({' '.join(str(exc).split())[:300]})") from None
 
 
 def load_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -173,7 +232,7 @@ def load_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     _check_folder(path, allow_pickle=False)
     with _quiet_transformers():
-        model = AutoModel.from_pretrained(path)
+        model = _from_pretrained(AutoModel, path)
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
@@ -185,8 +244,8 @@ def new_victim(label_names: Sequence[str], *, encoder: str | Path | None = None,
     names = tuple(label_names)
     torch.manual_seed(seed)  # the new head's initialisation
     with _quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(names), id2label=dict(enumerate(names)),
+        model = _from_pretrained(
+            AutoModelForSequenceClassification, path, num_labels=len(names), id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, attn_implementation=attention)
     source = "embedded:all-MiniLM-L6-v2" if encoder is None else str(path)
     return Victim(model.eval(), _load_tokenizer(path), names, max_length, source, {"encoder": source})

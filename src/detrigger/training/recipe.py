@@ -11,6 +11,7 @@ from pathlib import Path
 from detrigger.data import DataSpec
 from detrigger.data.dataset import Splits
 from detrigger.evaluation.metrics import Metrics, evaluate
+from detrigger.fingerprint import content_id
 from detrigger.io import locked
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, new_victim
 from detrigger.training.loop import TrainConfig, TrainResult, train
@@ -56,7 +57,7 @@ def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder:
 
     if not cache:
         return build()
-    folder = cache_folder("clean", {"data": data.model_dump(), "encoder": encoder_id(encoder),
+    folder = cache_folder("clean", {"data": data.identity(), "encoder": encoder_id(encoder),
                                     "max_length": max_length, "train": config.model_dump(exclude={"device"})})
     with locked(folder):
         if not (folder / "metrics.json").is_file():
@@ -82,8 +83,8 @@ def cache_folder(kind: str, determining: dict) -> Path:
 
 
 def encoder_id(encoder: str | Path | None) -> str:
-    """How an encoder enters a cache key: its resolved folder, or the embedded model's name."""
-    return str(Path(encoder).resolve()) if encoder else "embedded:all-MiniLM-L6-v2"
+    """How an encoder enters a cache key: a hash of its folder's files, or the embedded model's name."""
+    return content_id(encoder) if encoder else "embedded:all-MiniLM-L6-v2"
 
 
 def stable_hash(obj: object) -> str:
