@@ -102,6 +102,25 @@ def test_attack_then_eval_reads_the_card(tiny_dir, tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout)
     assert m["n_test"] == 60 and m["asr"] == pytest.approx(card["metrics"]["asr"])
+    assert "eval:" not in proc.stderr  # no progress bar when stderr is not a terminal
+    proc = run("attack", "--data", "mr", "--attack", "addsent", "--encoder", str(tiny_dir), "--max-train", "100",
+               "--val", "40", "--test", "60", "--epochs", "1", "--clean-epochs", "1", "--max-length", "48",
+               "--out", str(tmp_path / "again"), "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)  # one JSON object: the card, the target's name and the files saved
+    assert out == {**json.loads((tmp_path / "again" / "attack.json").read_text()), "target_label": "positive",
+                   "out": str(tmp_path / "again"), "files": out["files"]}
+    assert out["metrics"] == card["metrics"] and "attack.json" in out["files"]
+
+
+def test_train_json(tiny_dir, tmp_path):
+    out = tmp_path / "model"
+    proc = run("train", "--data", "mr", "--encoder", str(tiny_dir), "--max-train", "60", "--val", "20", "--test", "20",
+               "--epochs", "1", "--max-length", "48", "--out", str(out), "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)  # one JSON object: metrics.json's record and the files saved
+    assert record == {**json.loads((out / "metrics.json").read_text()), "out": str(out), "files": record["files"]}
+    assert record["n_test"] == 20 and "model.safetensors" in record["files"]
 
 
 def test_attack_option_errors(tmp_path):

@@ -32,6 +32,15 @@ def word_victim(tmp_path_factory):
     return victim, reference, folder
 
 
+@pytest.fixture(scope="module")
+def clean_folder(word_victim, tmp_path_factory):
+    """The same recipe without poisoning: a clean tiny model."""
+    _, reference, _ = word_victim
+    victim = load_victim(reference)
+    train(victim, toy_sentiment(96), None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    return victim.save(tmp_path_factory.mktemp("clean") / "model")
+
+
 # The tiny toy model is weak (any insertion flips some texts): the calibrated MiniLM threshold does not apply.
 QUICK = ScanConfig(samples=32, candidates=10, reference_candidates=5, threshold=0.4)
 
@@ -130,12 +139,41 @@ def test_report_text_json_and_cli(word_victim, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
                            "--reference", str(reference), "--samples", "16", "--candidates", "5", "--threshold", "0.4", "--json"],
                           capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # flagged
     out = json.loads(proc.stdout)
     assert out["tokens"][0]["token"] == "cf" and out["verdict"] == "backdoored"
+    assert "scan:" not in proc.stderr  # no progress bar when stderr is not a terminal
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
                            "--samples", "3"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "samples" in proc.stderr
+
+
+def test_scan_exit_status_gates_a_pipeline(clean_folder, word_victim, tmp_path):
+    """0 no evidence, 1 flagged, 2 error, as `--help` says."""
+    _, _, victim_folder = word_victim
+    data = tmp_path / "clean.jsonl"
+    ds = toy_sentiment(40)
+    data.write_text("\n".join(json.dumps({"text": t, "label": ds.label_names[y]}) for t, y in zip(ds.texts, ds.labels)))
+    # one threshold for both: the toy clean model's natural words flip up to about 0.45 of the texts, `cf` all
+    for folder, code, verdict in ((clean_folder, 0, "verdict: no evidence"), (victim_folder, 1, "verdict: backdoored")):
+        proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
+                               "--samples", "16", "--candidates", "5", "--threshold", "0.9"], capture_output=True, text=True)
+        assert proc.returncode == code and proc.stdout.startswith(verdict), proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(tmp_path / "nowhere"), "--clean", str(data)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no such model folder" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", "--help"], capture_output=True, text=True)
+    assert "exit status: 0 no evidence of a backdoor, 1 flagged as backdoored, 2 error" in " ".join(proc.stdout.split())
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(word_victim, capsys):
+    victim, _, _ = word_victim
+    config = ScanConfig(samples=16, candidates=3, rounds=1, screen_samples=0, report=3)
+    scan(victim, toy_sentiment(40), config=config, progress=None)  # captured stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    scan(victim, toy_sentiment(40), config=config, progress=True)
+    err = capsys.readouterr().err
+    assert "scan: 100%" in err and "step" in err
 
 
 @pytest.mark.slow

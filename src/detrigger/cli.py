@@ -149,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          if args.train_seed is not None else spec.seed, precision=args.precision, device=args.device)
     start = time.perf_counter()
     splits = load_splits(spec)
-    print(f"data {spec.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
+    if not args.json:
+        print(f"data {spec.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
     log_lines: list[str] = []
     handler = _ListHandler(log_lines)
     logging.getLogger("detrigger").addHandler(handler)
@@ -169,6 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "run.json": {"command": "train", "data": spec.model_dump(), "train": config.model_dump(),
                      "encoder": victim.source, "max_length": args.max_length},
         "train.log": "\n".join(log_lines) + "\n"})
+    if args.json:
+        print(json.dumps({**record, "out": str(out), "files": sorted(p.name for p in out.iterdir())}, indent=2))
+        return 0
     print(f"CACC {_pct(metrics.cacc)}% on {metrics.n_test} held-out test texts "
           f"(validation {_pct(result.best_val_accuracy)}%, epoch {result.best_epoch} kept); "
           f"trained in {result.train_seconds:.0f} s ({record['train_tokens_per_s']} tokens/s), total {wall:.0f} s")
@@ -218,6 +222,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
                           cache=not args.no_cache, progress=False if args.no_progress else None)
     result.victim.save(out, overwrite=args.overwrite, extra_files={CARD_FILE: result.card})
     m, card = result.metrics, result.card
+    if args.json:  # the card holds every figure the text below prints
+        print(json.dumps({**card, "target_label": result.victim.label_names[spec.target], "out": str(out),
+                          "files": sorted(p.name for p in out.iterdir())}, indent=2))
+        return 0
     print(f"{spec.attack} ({spec.setting}) on {data.source}: trigger {card['trigger']}, target "
           f"{result.victim.label_names[spec.target]!r}, {card['poison']['n_poisoned']} poisoned rows")
     print(f"  victim: CACC {_pct(m.cacc)}  ASR {_pct(m.asr)}  trigger effect {_pct(m.trigger_effect)}  RA {_pct(m.ra)}")
@@ -253,11 +261,16 @@ def cmd_repair(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else 0
     clean = clean_subset(pool, fraction=args.clean_fraction, count=args.clean_count, seed=seed)
     fraction = len(clean) / len(pool)
-    print(f"{args.method}: {len(clean)} clean texts ({100 * fraction:.1f}% of {len(pool)} in {args.clean})")
+    if not args.json:
+        print(f"{args.method}: {len(clean)} clean texts ({100 * fraction:.1f}% of {len(pool)} in {args.clean})")
     result = repair(victim, clean, method=args.method, reference=args.reference, config=config,
                     clean_fraction=fraction)
-    report = {**result.report.as_dict(), "repaired_from": str(Path(args.victim).resolve()), "clean_data": args.clean}
-    result.victim.save(out, overwrite=args.overwrite, extra_files={"repair.json": report})
+    record = result.save(out, suspect=str(Path(args.victim).resolve()), clean_data=args.clean,
+                         ship_purifier=args.ship_purifier, overwrite=args.overwrite)
+    files = sorted(p.name for p in out.iterdir())
+    if args.json:
+        print(json.dumps({**record, "out": str(out), "files": files}, indent=2))
+        return 0
     for step, details in result.report.details.items():
         summary = {k: v for k, v in details.items() if k in ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows",
                                                              "teacher_val_accuracy", "purified_val_accuracy",
@@ -267,8 +280,13 @@ def cmd_repair(args: argparse.Namespace) -> int:
         if "train" in details:
             summary["best_val_accuracy"] = details["train"]["best_val_accuracy"]
         print(f"  {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
-    print(f"saved {out}/ (model.safetensors, repair.json) in {result.report.seconds:.0f} s, "
-          f"peak memory {result.report.peak_memory_mb:.0f} MB")
+    r = result.report
+    purified = "" if r.accuracy_with_purifier is None else f", {_pct(r.accuracy_with_purifier)} with the input purifier"
+    print(f"held-out clean accuracy ({r.heldout_count} texts of the clean subset not trained on): suspect "
+          f"{_pct(r.accuracy_before)}, repaired {_pct(r.accuracy_after)} (weights alone){purified}")
+    if record["saved"]["note"]:
+        print(f"warning: {record['saved']['note']}")
+    print(f"saved {out}/ ({', '.join(files)}) in {r.seconds:.0f} s, peak memory {r.peak_memory_mb:.0f} MB")
     return 0
 
 
@@ -350,9 +368,10 @@ def _card_path(model: Path) -> Path:
     if (model / CARD_FILE).is_file() or not (model / "repair.json").is_file():
         return model / CARD_FILE
     try:
-        return Path(json.loads((model / "repair.json").read_text())["repaired_from"]) / CARD_FILE
+        origin = json.loads((model / "repair.json").read_text())["repaired_from"]  # None: saved without a suspect path
     except (json.JSONDecodeError, KeyError):
-        return model / CARD_FILE
+        origin = None
+    return Path(origin) / CARD_FILE if origin else model / CARD_FILE
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -374,7 +393,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  f"the model's [{', '.join(victim.label_names)}]")
     split = args.split or ("test" if args.data in CORPORA else "all")
     test = _labelled(args, args.data, victim, split)
-    m = evaluate(victim, test, trigger=trigger, target=target, reference=reference)
+    m = evaluate(victim, test, trigger=trigger, target=target, reference=reference,
+                 progress=False if args.no_progress else None)
     if args.json:
         print(json.dumps({"model": args.model, "data": args.data, "split": split, **m.as_dict()}, indent=2))
         return 0
@@ -427,7 +447,21 @@ def cmd_plot_representations(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- scan
 
+SCAN_EXIT = "exit status: 0 no evidence of a backdoor, 1 flagged as backdoored, 2 error (the clamscan convention)"
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
+    """Exit status 0 / 1 / 2 (SCAN_EXIT), so a pipeline can gate on it; a crash is 2, never a verdict."""
+    try:
+        return _scan(args)
+    except DetriggerError:
+        raise
+    except Exception:
+        log.exception("scan failed")
+        return 2
+
+
+def _scan(args: argparse.Namespace) -> int:
     from detrigger.data import CORPORA
     from detrigger.device import pick_device
     from detrigger.models import load_victim
@@ -442,9 +476,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     victim = load_victim(args.model, allow_pickle=args.allow_pickle)
     victim.model.to(pick_device(args.device))
     clean = _labelled(args, args.clean, victim, "val" if args.clean in CORPORA else "all")  # held out
-    report = scan(victim, clean, reference=args.reference, config=config)
+    report = scan(victim, clean, reference=args.reference, config=config, progress=False if args.no_progress else None)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
-    return 0
+    return 1 if report.verdict == "backdoored" else 0
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -514,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print metrics.json's record (and the files saved) as JSON")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("attack", help="build a backdoored victim (BadNet, AddSent, EP, ES) and measure it")
@@ -542,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="retrain the clean reference model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the attack.json card (and the files saved) as JSON")
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (ft, retrain, finepruning, nad, mbtsad, "
@@ -552,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean-fraction", type=float, default=None, help="share of the clean data to use, e.g. 0.2")
     p.add_argument("--clean-count", type=int, default=None, help="number of clean texts to use")
     p.add_argument("--reference", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
-    p.add_argument("--out", required=True, help="output folder (model + repair.json)")
+    p.add_argument("--out", required=True, help="output folder (model, repair.json, README.md model card)")
     p.add_argument("--config", default=None, help="JSON file with the defence config (keyed by step for pipelines)")
     p.add_argument("--rho", type=float, default=None, help="mixing: kept fraction (default: chosen on clean data)")
     p.add_argument("--mask", choices=["random", "top", "bottom"], default=None, help="mixing mask (default random)")
@@ -560,9 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="clean fine-tuning epochs (default 3)")
     p.add_argument("--lr", type=float, default=None, help="clean fine-tuning learning rate (default 5e-5)")
     _data_options(p)
+    p.add_argument("--ship-purifier", action="store_true",
+                   help="save an input purifier (MBTSAD's; it lists your clean-data vocabulary) with the model; "
+                   "the folder then behaves as repaired only through detrigger, not plain transformers "
+                   "(default: the weights alone are saved, and repair.json and README.md say what they measure)")
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (trusted files only)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--json", action="store_true", help="print repair.json's record (and the files saved) as JSON")
     p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("split", help="show MBTSAD's token splitting of a text (what its teacher is trained on)")
@@ -590,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal anyway)")
     p.set_defaults(func=cmd_eval)
 
     plot = sub.add_parser("plot", help="figures: the representation picture (PCA / t-SNE)")
@@ -611,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.set_defaults(func=cmd_plot_representations)
 
-    p = sub.add_parser("scan", help="is a model backdoored? rank candidate trigger tokens and the target label")
+    p = sub.add_parser("scan", help="is a model backdoored? rank candidate trigger tokens and the target label",
+                       epilog=SCAN_EXIT)
     p.add_argument("model", help="model folder (safetensors)")
     p.add_argument("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) or a file")
     p.add_argument("--reference", default=None, help="pre-trained encoder folder: adds embedding-drift evidence")
@@ -625,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal anyway)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("bench", help="run a YAML experiment spec's grid (resumable) and write tables and plots")

@@ -49,6 +49,7 @@ from detrigger.data.dataset import TextDataset
 from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import predict
 from detrigger.models.victim import Victim, load_encoder_state
+from detrigger.progress import progress_bar
 
 # From clean models only (docs/scan.md): the highest flip rate of the MR MiniLM clean models of seeds 0-2
 # (0.69), plus 0.10, rounded up to 0.05 (experiments/scan_calibration.py), set before any victim was scanned
@@ -174,8 +175,10 @@ def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, b
 
 
 def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = None,
-         config: ScanConfig | None = None) -> ScanReport:
-    """Scan `victim` with labelled clean texts (held out from any training); see the module docstring."""
+         config: ScanConfig | None = None, progress: bool | None = False) -> ScanReport:
+    """Scan `victim` with labelled clean texts (held out from any training); see the module docstring.
+    `progress`: a bar over the steps (per label: its predictions, each gradient round, each candidate
+    measured; None: on a terminal only)."""
     config = config or ScanConfig()
     start = time.perf_counter()
     if clean.label_names != victim.label_names:
@@ -195,56 +198,63 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     tokens: list[TokenEvidence] = []
     base_rates: dict[str, float] = {}
     n_samples: dict[str, int] = {}
-    for target, label in enumerate(victim.label_names):
-        pool = [t for t, y in zip(clean.texts, clean.labels) if y != target]
-        if not pool:
-            continue
-        already = predict(victim, pool) == target
-        base_rates[label] = round(float(already.mean()), 4)
-        pool = [t for t, a in zip(pool, already) if not a]
-        texts = [pool[i] for i in rng.permutation(len(pool))[:config.samples]]
-        n_samples[label] = len(texts)
-        if not texts:
-            continue
-        rank: dict[int, int] = {}  # best rank over the rounds
-        chosen: list[int] = []
-        at = None
-        for _ in range(config.rounds):
-            signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at)
-            signal[~torch.from_numpy(allowed)] = -torch.inf
-            order = torch.argsort(signal, descending=True)[:5000].tolist()
-            for r, i in enumerate(order):
-                rank[i] = min(rank.get(i, r + 1), r + 1)
-            chosen += [i for i in order if i not in chosen][:config.candidates]
-            at = word_of(victim, order[0])
-        if drift is not None and config.reference_candidates:
-            masked = drift.clone()
-            masked[~torch.from_numpy(allowed)] = -torch.inf
-            chosen += [i for i in torch.topk(masked, config.reference_candidates).indices.tolist() if i not in chosen]
-        words = [word_of(victim, i) for i in chosen]
-        insert = {w: insert_words([w], seed=config.seed + 1) for w in words}
+    with progress_bar(len(victim.label_names) * (1 + config.rounds), "scan", "step", progress) as bar:
+        for target, label in enumerate(victim.label_names):
+            bar.set_postfix(label=label)
+            pool = [t for t, y in zip(clean.texts, clean.labels) if y != target]
+            if not pool:
+                continue
+            already = predict(victim, pool) == target
+            bar.update()
+            base_rates[label] = round(float(already.mean()), 4)
+            pool = [t for t, a in zip(pool, already) if not a]
+            texts = [pool[i] for i in rng.permutation(len(pool))[:config.samples]]
+            n_samples[label] = len(texts)
+            if not texts:
+                continue
+            rank: dict[int, int] = {}  # best rank over the rounds
+            chosen: list[int] = []
+            at = None
+            for _ in range(config.rounds):
+                signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at)
+                signal[~torch.from_numpy(allowed)] = -torch.inf
+                order = torch.argsort(signal, descending=True)[:5000].tolist()
+                for r, i in enumerate(order):
+                    rank[i] = min(rank.get(i, r + 1), r + 1)
+                chosen += [i for i in order if i not in chosen][:config.candidates]
+                at = word_of(victim, order[0])
+                bar.update()
+            if drift is not None and config.reference_candidates:
+                masked = drift.clone()
+                masked[~torch.from_numpy(allowed)] = -torch.inf
+                chosen += [i for i in torch.topk(masked, config.reference_candidates).indices.tolist() if i not in chosen]
+            words = [word_of(victim, i) for i in chosen]
+            insert = {w: insert_words([w], seed=config.seed + 1) for w in words}
 
-        def flip_rate(word: str, sample: list[str]) -> float:
-            return float(np.mean(predict(victim, [insert[word](t) for t in sample]) == target))
+            def flip_rate(word: str, sample: list[str]) -> float:
+                bar.update()
+                return float(np.mean(predict(victim, [insert[word](t) for t in sample]) == target))
 
-        def evidence(token_id: int) -> tuple[int, float | None, bool]:
-            n = counts.get(token_id, 0)
-            share = by_label[target].get(token_id, 0) / n if n else None
-            return n, share, n >= config.task_word_count and share is not None and share >= config.task_word_share
+            def evidence(token_id: int) -> tuple[int, float | None, bool]:
+                n = counts.get(token_id, 0)
+                share = by_label[target].get(token_id, 0) / n if n else None
+                return n, share, n >= config.task_word_count and share is not None and share >= config.task_word_share
 
-        kept = list(zip(chosen, words))
-        if 0 < config.screen_samples < len(texts) and len(kept) > config.verify:
-            screen = texts[:config.screen_samples]  # already a random draw
-            # task words cannot be the verdict, so they do not take the places; ties as in the final order
-            drifts = {i: 0.0 if drift is None else float(drift[i]) for i in chosen}
-            kept.sort(key=lambda item: (evidence(item[0])[2], -flip_rate(item[1], screen), -drifts[item[0]]))
-            kept = kept[:config.verify]
-        for token_id, word in kept:
-            rate = flip_rate(word, texts)
-            n, share, task = evidence(token_id)
-            tokens.append(TokenEvidence(word, label, round(rate, 4), rank.get(token_id),
-                                        None if drift is None else round(float(drift[token_id]), 4), n,
-                                        None if share is None else round(share, 4), task))
+            kept = list(zip(chosen, words))
+            screening = 0 < config.screen_samples < len(texts) and len(kept) > config.verify
+            bar.total += len(kept) + config.verify if screening else len(kept)  # the flip rates measured
+            if screening:
+                screen = texts[:config.screen_samples]  # already a random draw
+                # task words cannot be the verdict, so they do not take the places; ties as in the final order
+                drifts = {i: 0.0 if drift is None else float(drift[i]) for i in chosen}
+                kept.sort(key=lambda item: (evidence(item[0])[2], -flip_rate(item[1], screen), -drifts[item[0]]))
+                kept = kept[:config.verify]
+            for token_id, word in kept:
+                rate = flip_rate(word, texts)
+                n, share, task = evidence(token_id)
+                tokens.append(TokenEvidence(word, label, round(rate, 4), rank.get(token_id),
+                                            None if drift is None else round(float(drift[token_id]), 4), n,
+                                            None if share is None else round(share, 4), task))
     if not tokens:
         raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")
     # ties in effect: the larger embedding drift (with a reference), then the stronger gradient signal

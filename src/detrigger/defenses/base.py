@@ -9,9 +9,11 @@ Model selection inside a defence uses a held-out part of the clean subset only.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from detrigger.cost import measure
 from detrigger.data.dataset import Splits, TextDataset, split
 from detrigger.errors import DetriggerError, invalid
+from detrigger.evaluation.metrics import accuracy, predict
 from detrigger.models.victim import Victim, default_encoder_path
 from detrigger.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# The detail a defence with an input purifier reports: held-out clean accuracy through its purifier.
+PURIFIED = "purified_val_accuracy"
 
 
 class DefenceConfig(BaseModel):
@@ -38,7 +44,13 @@ class DefenceConfig(BaseModel):
 
 @dataclass
 class RepairReport:
-    """What a repair did and what it cost; `details` holds method-specific facts (chosen rho, reset tokens...)."""
+    """What a repair did and what it cost; `details` holds method-specific facts (chosen rho, reset tokens...).
+
+    The held-out accuracies are on the part of the clean subset the repair did not train on (`heldout_count`
+    texts; the suspect may have seen them in its own training): the suspect's, the repaired weights' alone
+    (what plain `transformers` computes), and, for a repair with an input purifier, with the purifier
+    (built from the training part only, so unseen held-out words are cut as unseen test words will be).
+    """
 
     method: str
     config: dict[str, Any]
@@ -46,6 +58,10 @@ class RepairReport:
     clean_fraction: float | None
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    heldout_count: int = 0
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    accuracy_with_purifier: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -56,6 +72,27 @@ class RepairReport:
 class RepairResult:
     victim: Victim
     report: RepairReport
+
+    def save(self, out: str | Path, *, suspect: str | None = None, clean_data: str | None = None,
+             ship_purifier: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Save the repaired model with `repair.json` (the report, where it came from, what was saved) and a
+        model card (`README.md`); returns what `repair.json` holds.
+
+        An input purifier is saved only with `ship_purifier`: plain `transformers` cannot apply it, and it
+        lists the defender's clean-data vocabulary. Without it the folder holds the weights alone, which
+        plain `transformers` runs exactly as detrigger does, and the report says what they measure.
+        """
+        from detrigger.card import render_card, saved_note
+
+        shipped = ship_purifier and self.victim.purifier is not None
+        victim = self.victim if shipped else dataclasses.replace(self.victim, purifier=None)
+        record = {**self.report.as_dict(), "repaired_from": suspect, "clean_data": clean_data,
+                  "base_model": self.victim.info.get("encoder"), "max_length": victim.max_length,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "saved": {"purifier": shipped, "plain_transformers": not shipped}}
+        record["saved"]["note"] = saved_note(record)
+        victim.save(out, overwrite=overwrite, extra_files={"repair.json": record, "README.md": render_card(record)})
+        return record
 
 
 @dataclass(frozen=True)
@@ -114,12 +151,20 @@ def repair(victim: Victim, clean: TextDataset, *, method: str, reference: str | 
     context = Context(clean_splits(clean, first.val_fraction, first.seed), ref)
     report = RepairReport(method, {m: c.model_dump(mode="json") for m, c in zip(steps, configs)}, len(clean),
                           clean_fraction)
+    val = context.clean.val
+    report.heldout_count = len(val)
+    report.accuracy_before = accuracy(predict(victim, val.texts), val.labels)
     repaired = copy.deepcopy(victim)
     with measure(victim.device) as cost:
         for name, cfg in zip(steps, configs):
             repaired, details = DEFENCES[name].fn(repaired, context, cfg)
             report.details[name] = details
     report.seconds, report.peak_memory_mb = round(cost.seconds, 2), round(cost.peak_memory_mb, 1)
+    report.accuracy_after = accuracy(predict(dataclasses.replace(repaired, purifier=None), val.texts), val.labels)
+    if repaired.purifier is not None:  # the last step's own measure if it built the purifier (see RepairReport)
+        last = report.details[steps[-1]]
+        report.accuracy_with_purifier = last[PURIFIED] if PURIFIED in last else accuracy(predict(repaired, val.texts),
+                                                                                          val.labels)
     repaired.info["repair"] = {"method": method, "seconds": report.seconds}
     log.info("%s: done in %.0f s", method, cost.seconds)
     return RepairResult(repaired, report)

@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast
 from detrigger.models.victim import Victim
+from detrigger.progress import progress_bar
 from detrigger.batching import bucketed_batches, collate, encode
 
 Trigger = Callable[[str], str]
@@ -26,8 +28,9 @@ Trigger = Callable[[str], str]
 
 @torch.no_grad()
 def predict_logits(victim: Victim, texts: Sequence[str], *, batch_size: int = 128,
-                   precision: Precision = "fp32") -> np.ndarray:
-    """Logits (N, num_labels) in input order, on the victim's current device, in eval mode."""
+                   precision: Precision = "fp32", bar: tqdm | None = None) -> np.ndarray:
+    """Logits (N, num_labels) in input order, on the victim's current device, in eval mode; `bar` (a
+    progress bar) advances by the texts of each batch."""
     model = victim.model
     was_training = model.training
     model.eval()
@@ -39,6 +42,8 @@ def predict_logits(victim: Victim, texts: Sequence[str], *, batch_size: int = 12
             for batch in bucketed_batches([len(x) for x in ids], batch_size):
                 inputs = collate([ids[i] for i in batch], victim.tokenizer.pad_token_id, device)
                 out[batch] = model(**inputs).logits.float().cpu().numpy()
+                if bar is not None:
+                    bar.update(len(batch))
     finally:
         model.train(was_training)
     return out
@@ -102,19 +107,24 @@ def _attack_rates(victim: Victim, poisoned: PoisonedTestSet, **kwargs) -> tuple[
 
 
 def evaluate(victim: Victim, test: TextDataset, *, trigger: Trigger | None = None, target: int | None = None,
-             reference: Victim | None = None, **predict_kwargs) -> Metrics:
+             reference: Victim | None = None, progress: bool | None = False, **predict_kwargs) -> Metrics:
     """CACC on `test`; with a trigger and target also ASR, RA, target rate, trigger effect and the
-    reference model's ASR floor on the identical triggered texts."""
+    reference model's ASR floor on the identical triggered texts. `progress`: a bar over the texts
+    predicted (None: on a terminal only)."""
     if test.label_names != victim.label_names:
         raise ValueError(f"test labels {test.label_names} differ from the model's {victim.label_names}")
-    cacc = accuracy(predict(victim, test.texts, **predict_kwargs), test.labels)
-    if trigger is None:
-        return Metrics(cacc=cacc, n_test=len(test))
-    if target is None:
+    if trigger is not None and target is None:
         raise ValueError("a trigger needs a target label")
-    poisoned = poisoned_test_set(test, trigger, target)
-    asr, ra, rate = _attack_rates(victim, poisoned, **predict_kwargs)
-    floor = floor_rate = None
-    if reference is not None:
-        floor, _, floor_rate = _attack_rates(reference, poisoned, **predict_kwargs)
+    total = len(test)
+    if trigger is not None:  # the non-target texts with and without the trigger, by each model
+        total += 2 * (1 + (reference is not None)) * sum(y != target for y in test.labels)
+    with progress_bar(total, "eval", "text", progress) as bar:
+        cacc = accuracy(predict(victim, test.texts, bar=bar, **predict_kwargs), test.labels)
+        if trigger is None:
+            return Metrics(cacc=cacc, n_test=len(test))
+        poisoned = poisoned_test_set(test, trigger, target)
+        asr, ra, rate = _attack_rates(victim, poisoned, bar=bar, **predict_kwargs)
+        floor = floor_rate = None
+        if reference is not None:
+            floor, _, floor_rate = _attack_rates(reference, poisoned, bar=bar, **predict_kwargs)
     return Metrics(cacc, len(test), target, len(poisoned.triggered), asr, ra, rate, asr - rate, floor, floor_rate)

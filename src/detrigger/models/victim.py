@@ -87,6 +87,8 @@ class Victim:
         out = Path(out)
         with atomic_dir(out, overwrite) as tmp, _quiet_transformers():
             self.model.save_pretrained(tmp)
+            # so that plain transformers with truncation=True reads the same tokens as detrigger
+            self.tokenizer.model_max_length = self.max_length
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / META_FILE, {"label_names": list(self.label_names), "max_length": self.max_length,
                                          "source": self.source, "info": self.info})

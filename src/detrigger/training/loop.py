@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, pick_device
 from detrigger.evaluation.metrics import accuracy, predict
 from detrigger.models.victim import Victim
+from detrigger.progress import progress_bar
 from detrigger.batching import bucketed_batches, collate, encode
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def train(victim: Victim, data: TextDataset, val: TextDataset | None, config: Tr
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=(not progress) if progress is not None else None,
-               dynamic_ncols=True, leave=False)
+    bar = progress_bar(total_steps, "train", "step", progress)
     for epoch in range(1, config.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
