@@ -215,7 +215,10 @@ def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no '<!-- detrigger report" in proc.stderr
     header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0]
     assert header.startswith("data,attack,defence,method,clean_fraction,seed,status,cacc,asr,trigger_effect")
-    assert len(json.loads((tmp_path / "run" / "results.json").read_text())) == 4
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert len(results) == 4  # no input purifier in this grid: the saved folder is the model measured
+    assert all(r["saved_trigger_effect"] == r["trigger_effect"] and r["saved_cacc"] == r["cacc"] for r in results)
+    assert "| saved folder: CACC / trigger effect |" in (tmp_path / "run" / "results.md").read_text()
     assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} == {"bars-mr-badnet.png", "asr-vs-cacc.png"}
     saved = json.loads((tmp_path / "run" / "spec.json").read_text())  # the spec changes: fm is dropped
     (tmp_path / "run" / "spec.json").write_text(json.dumps({**saved, "defences": saved["defences"][:1]}))

@@ -22,7 +22,8 @@ from detrigger.io import write_json
 METRICS = ("cacc", "asr", "trigger_effect", "ra", "target_rate", "asr_floor")
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("data", "attack", "defence", "method", "clean_fraction", "seed", "status", *METRICS, "seconds",
+SAVED = ("saved_cacc", "saved_asr", "saved_trigger_effect")  # the saved folder, as plain transformers runs it
+CSV_COLUMNS = ("data", "attack", "defence", "method", "clean_fraction", "seed", "status", *METRICS, *SAVED, "seconds",
                "peak_memory_mb", "clean_count", "rho", "error")
 
 
@@ -137,7 +138,8 @@ def _fmt(stat: tuple[float, float] | None, digits: int = 2) -> str:
 
 
 def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
-    """One table per data set: mean ± std over seeds, in percent; time is the repair's wall time."""
+    """One table per data set: mean ± std over seeds, in percent; time is the repair's wall time. The saved
+    folder's columns are the model as `repair` writes it, which plain transformers runs identically."""
     lines = [f"### {title}", ""] if title else []
     by_data: dict[str, list] = defaultdict(list)
     for key, rs in groups(records).items():
@@ -145,15 +147,16 @@ def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
     for data, rows in by_data.items():
         lines += [f"**{data}** (percent, mean ± std over seeds; trigger effect = ASR − the same model's target "
                   "rate on the untriggered texts)", "",
-                  "| attack | defence | clean | seeds | CACC | ASR | trigger effect | RA | ASR floor | repair time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| attack | defence | clean | seeds | CACC | ASR | trigger effect | RA | ASR floor "
+                  "| saved folder: CACC / trigger effect | repair time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for (_, attack, defence, fraction), rs in rows:
             secs = mean_std([r.get("seconds") for r in rs], scale=1)
             clean = "-" if fraction is None else f"{100 * fraction:g}%"
             lines.append(f"| {attack} | {defence} | {clean} | {len(rs)} | "
                          + " | ".join(_fmt(mean_std([r.get(m) for r in rs]))
                                       for m in ("cacc", "asr", "trigger_effect", "ra", "asr_floor"))
-                         + f" | {'-' if secs is None else f'{secs[0]:.0f}'} |")
+                         + f" | {_saved(rs)} | {'-' if secs is None else f'{secs[0]:.0f}'} |")
         lines.append("")
         lines += _stage_table(rows)
     bad = [r for r in records if r["status"] == "failed"]
@@ -161,6 +164,12 @@ def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
         lines += [f"{len(bad)} failed cell(s) (rerun with --retry-failed):", ""]
         lines += [f"- {r['attack']} / {r['defence']} / seed {r['seed']}: {r['error'][:200]}" for r in bad]
     return "\n".join(lines).rstrip()
+
+
+def _saved(rs: list[dict[str, Any]]) -> str:
+    """Mean CACC / trigger effect of the folder `repair` saves ('-' for records made before it was measured)."""
+    cacc, effect = (mean_std([r.get(m) for r in rs]) for m in ("saved_cacc", "saved_trigger_effect"))
+    return "-" if cacc is None else f"{cacc[0]:.2f} / {'-' if effect is None else f'{effect[0]:.2f}'}"
 
 
 def _stages(r: dict[str, Any]) -> dict[str, float]:

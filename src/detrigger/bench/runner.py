@@ -13,6 +13,7 @@ the cluster has one; the driver writes the records). Clean models and victims ar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -38,7 +39,8 @@ LOCK = ".lock"
 Executor = Literal["local", "ray"]
 # Details kept in a record: the facts a table or plot needs, not whole training histories.
 KEPT_DETAILS = ("rho", "curve", "ratio", "val_accuracy", "suspect_val_accuracy",
-                "teacher_val_accuracy", "teacher_split_val_accuracy", "stages", "reset_rows")
+                "teacher_val_accuracy", "teacher_split_val_accuracy", "stages", "reset_rows",
+                "scan_before", "scan_after", "rounds", "unlearned", "set_aside", "decision")  # auto's choices
 
 
 def cell_key(spec: BenchSpec, cell: Cell) -> str:
@@ -107,7 +109,12 @@ def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) 
         record.update(clean_count=len(subset), seconds=result.report.seconds,
                       peak_memory_mb=result.report.peak_memory_mb, details=_kept(result.report.details))
     metrics = evaluate(model, splits.test, trigger=trigger, target=target, reference=clean)
-    record.update(metrics.as_dict(), cell_seconds=round(time.perf_counter() - start, 1))
+    # What `repair` saves, and so what plain transformers runs (tests/test_roundtrip.py): the weights alone.
+    # Only an input purifier (MBTSAD's, kept in memory here) makes it differ from what was just measured.
+    saved = metrics if model.purifier is None else evaluate(dataclasses.replace(model, purifier=None), splits.test,
+                                                            trigger=trigger, target=target)
+    record.update(metrics.as_dict(), saved_cacc=saved.cacc, saved_asr=saved.asr,
+                  saved_trigger_effect=saved.trigger_effect, cell_seconds=round(time.perf_counter() - start, 1))
     return record
 
 
