@@ -1,0 +1,193 @@
+"""`auto`: scan the suspect, unlearn what the scan finds, scan again (issue 16, item 1).
+
+The user does not know which attack they face, so `auto` lets the scan (`detrigger.scan`) choose:
+
+1. Scan the suspect on all the defender's clean texts (with the reference encoder when there is one that
+   fits the model). No evidence: the model is returned unchanged (a repair that cannot be aimed only
+   costs accuracy).
+2. Candidates are evidence, not truth. A scanned token is unlearned only if its flip rate reaches the
+   scan's threshold (calibrated so that no natural word of a clean model reaches it) and it is not a task
+   word by the clean texts (seen `task_word_count`+ times, mostly with the label it pushes towards:
+   "awful" flips texts because that is the task).
+3. Repair, weights only: reset the candidates' embedding rows to the reference (where the attack wrote
+   them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts of the
+   other labels with a candidate inserted and their TRUE labels kept ("cf" must not mean positive).
+   Every epoch is kept (no best-epoch choice: held-out accuracy kept the first epoch, before the unlearning
+   had taken); the held-out accuracy, with and without the candidates inserted, is reported.
+4. Re-scan on the held-out part (texts the unlearning never trained on); while it still flags the model, add
+   its new candidates and repeat, at most `max_rounds` times.
+5. Option `mix_rho`: once the scan has flagged the model, mix its weights with the reference (Fine-mixing's
+   random mask, keeping rho of w_B - w_P) before the first unlearning, for what a word-level scan cannot
+   name (the other words of a sentence trigger). Off by default: on MR it removed AddSent too but cost
+   1.8-3.4 accuracy points (docs/defences.md, "auto").
+
+Every choice (the candidates kept and set aside, and why; each round's data, accuracy and scan) is in the
+report's details: `scan_before` / `scan_after` (verdict, score, target label, tokens) and `rounds`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from detrigger.attacks.triggers import insert_sentence
+from detrigger.batching import encode
+from detrigger.data.dataset import TextDataset
+from detrigger.defenses.base import Context, DefenceConfig, register
+from detrigger.defenses.mixing import mix_weights
+from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.models.victim import Victim, load_encoder_state
+from detrigger.scan import ScanConfig, ScanReport, scan
+from detrigger.training.loop import train
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS = "embeddings.word_embeddings.weight"
+
+
+class AutoConfig(DefenceConfig):
+    scan: ScanConfig = Field(ScanConfig(samples=100, screen_samples=30),
+                             description="the scan before and after (threshold: calibrated on clean models); half "
+                                         "the calibration's texts, for time: a trigger flips all of them")
+    max_rounds: int = Field(3, ge=1, description="unlearning rounds while the re-scan still flags the model")
+    min_effect: float | None = Field(None, gt=0, le=1,
+                                     description="flip rate from which a token is unlearned (None: the scan's threshold)")
+    copies: float = Field(1.0, gt=0, le=1, description="share of the other labels' training texts copied with a candidate")
+    reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
+    mix_rho: float | None = Field(None, gt=0, le=1,
+                                  description="when flagged, Fine-mix with the reference at this rho before unlearning")
+
+
+def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
+    """The scan facts a report or model card shows."""
+    return {"verdict": report.verdict, "score": report.score, "threshold": report.threshold,
+            "target_label": report.target_label, "texts": texts, "n_samples": report.n_samples,
+            "reference": report.reference, "seconds": report.seconds,
+            "tokens": [{"token": t.token, "label": t.label, "effect": t.effect, "task_word": t.task_word,
+                        "clean_count": t.clean_count, "label_share": t.label_share, "drift_score": t.drift_score}
+                       for t in report.tokens]}
+
+
+def _usable_reference(victim: Victim, context: Context) -> dict[str, torch.Tensor] | None:
+    """The reference's tensors if its embedding matrix fits the model's (another base model's does not)."""
+    if context.reference is None:
+        return None
+    state = load_encoder_state(context.reference)
+    rows = state.get(EMBEDDINGS)
+    return state if rows is not None and rows.shape == victim.model.get_input_embeddings().weight.shape else None
+
+
+class _CleanCounts:
+    """Per token and label, how many of the defender's clean texts contain it: the scan's task-word rule
+    applied to all the clean texts, whichever texts a scan ran on."""
+
+    def __init__(self, victim: Victim, clean: TextDataset, min_count: int, share: float):
+        self.by_label = [Counter[int]() for _ in victim.label_names]
+        for ids, y in zip(encode(victim.tokenizer, clean.texts, victim.max_length), clean.labels):
+            self.by_label[y].update(set(ids))
+        self.total = sum(self.by_label, Counter[int]())
+        self.min_count, self.share = min_count, share
+
+    def task_word(self, token_id: int, label: int) -> bool:
+        n = self.total.get(token_id, 0)
+        return n >= self.min_count and self.by_label[label].get(token_id, 0) / n >= self.share
+
+
+def _with_candidates(data: TextDataset, candidates: dict[str, int], share: float, seed: int) -> TextDataset:
+    """`data` plus copies of its texts of other labels than a candidate's, with one of that label's
+    candidates, in turn, inserted at a random word boundary and the true label kept."""
+    texts, labels = list(data.texts), list(data.labels)
+    generator = torch.Generator().manual_seed(seed)
+    for label in sorted(set(candidates.values())):
+        inserts = [insert_sentence(w, seed=seed) for w, t in candidates.items() if t == label]
+        others = [i for i, y in enumerate(data.labels) if y != label]
+        keep = torch.randperm(len(others), generator=generator)[:max(1, round(share * len(others)))].tolist()
+        for k, i in enumerate(sorted(others[k] for k in keep)):
+            texts.append(inserts[k % len(inserts)](data.texts[i]))
+            labels.append(data.labels[i])
+    return TextDataset(tuple(texts), tuple(labels), data.label_names, f"{data.name}:unlearn")
+
+
+@register("auto", AutoConfig, needs_reference=True,
+          summary="scan, unlearn the verified trigger candidates with their true labels, re-scan (repeat while flagged)")
+def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, dict[str, Any]]:
+    train_part, val = context.clean.train, context.clean.val
+    everything = TextDataset(train_part.texts + val.texts, train_part.labels + val.labels, train_part.label_names,
+                             "clean subset")
+    reference = _usable_reference(victim, context)
+    ref_path = context.reference if reference is not None else None
+    scan_config = config.scan.model_copy(update={"seed": config.seed})
+    min_effect = config.min_effect if config.min_effect is not None else scan_config.threshold
+    counts = _CleanCounts(victim, everything, scan_config.task_word_count, scan_config.task_word_share)
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    before = scan(victim, everything, reference=ref_path, config=scan_config)
+    stages["scan_before_seconds"] = round(time.perf_counter() - start, 1)
+    suspect_val = accuracy(predict(victim, val.texts), val.labels)
+    details: dict[str, Any] = {"reference": None if ref_path is None else str(ref_path),
+                               "reference_dropped": context.reference is not None and reference is None,
+                               "min_effect": min_effect, "scan_before": _summary(before, "all clean texts"),
+                               "suspect_val_accuracy": suspect_val, "rounds": [], "stages": stages}
+    candidates: dict[str, int] = {}  # token -> the label it forces
+    set_aside: dict[str, str] = {}  # token -> why it is not unlearned
+    report = before
+    for round_no in range(1, config.max_rounds + 1):
+        if report.verdict != "backdoored":
+            break
+        new = {}
+        for t in report.tokens:
+            label = victim.label_names.index(t.label)
+            token_id = victim.tokenizer(t.token, add_special_tokens=False)["input_ids"][0]
+            if t.token in candidates or t.token in set_aside:
+                continue
+            if t.task_word or counts.task_word(token_id, label):
+                set_aside[t.token] = f"task word of {t.label} in the clean texts"
+            elif t.effect < min_effect:
+                set_aside[t.token] = f"flip rate {t.effect:.3f} below {min_effect:.2f}"
+            else:
+                new[t.token] = label
+        if not new:
+            break
+        candidates.update(new)
+        start = time.perf_counter()
+        reset = []
+        if round_no == 1 and reference is not None and config.mix_rho is not None:
+            details["mixing"] = {"rho": config.mix_rho, **mix_weights(victim, reference, config.mix_rho, seed=config.seed)}
+        if reference is not None and config.reset_embeddings:
+            emb = victim.model.get_input_embeddings().weight
+            ids = [victim.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in new]
+            with torch.no_grad():
+                emb[ids] = reference[EMBEDDINGS][ids].to(emb.device, emb.dtype)
+            reset = list(new)
+        data = _with_candidates(train_part, candidates, config.copies, config.seed + round_no)
+        # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
+        # kept the first one on MR BadNet, before the unlearning had taken (trigger effect 6.6)
+        held_out = _with_candidates(val, candidates, 1.0, config.seed + round_no)
+        cfg = config.train.model_copy(update={"seed": config.seed, "select_best": False})
+        result = train(victim, data, held_out, cfg).as_dict()
+        train_seconds = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        report = scan(victim, val, reference=ref_path, config=scan_config)
+        details["rounds"].append({"round": round_no, "unlearned": sorted(new), "reset_rows": reset,
+                                  "copies": len(data) - len(train_part),
+                                  "val_accuracy_with_candidates": result["history"][-1].get("val_accuracy"),
+                                  "train_seconds": train_seconds,
+                                  "scan": _summary(report, "held-out clean texts"),
+                                  "scan_seconds": round(time.perf_counter() - start, 1)})
+        log.info("auto round %d: unlearned %s; re-scan %s (%.3f)", round_no, ", ".join(sorted(new)),
+                 report.verdict, report.score)
+    details.update(scan_after=details["rounds"][-1]["scan"] if details["rounds"] else
+                   {**details["scan_before"], "unchanged": True},
+                   unlearned=[{"token": w, "label": victim.label_names[y]} for w, y in candidates.items()],
+                   set_aside=[{"token": w, "why": why} for w, why in set_aside.items()],
+                   val_accuracy=accuracy(predict(victim, val.texts), val.labels))
+    details["decision"] = ("no evidence: model unchanged" if before.verdict != "backdoored" else
+                           "flagged, but no candidate passed the rules: model unchanged" if not candidates else
+                           f"unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
+                           f"after: {details['scan_after']['verdict']}")
+    return victim, details

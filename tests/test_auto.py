@@ -1,0 +1,103 @@
+"""`auto`: a trigger it was never told about is found by the scan and unlearned; a model without evidence is
+left alone; the report carries the scan before and after."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detrigger import TrainConfig, load_victim
+from detrigger.attacks.poison import poison
+from detrigger.attacks.triggers import insert_words
+from detrigger.defenses import repair
+from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.scan import ScanConfig
+from detrigger.training import train
+
+from conftest import tiny_victim, toy_sentiment
+
+# The tiny toy model is weak (natural insertions flip some texts): the MiniLM threshold does not apply, as in
+# test_scan.py. Unlearning on the toy task needs the tiny model's learning rate.
+CONFIG = {"train": TrainConfig(epochs=4, lr=3e-3, batch_size=8), "val_fraction": 0.3,
+          "scan": ScanConfig(samples=32, candidates=10, reference_candidates=5, screen_samples=16, verify=5,
+                             threshold=0.7)}
+
+
+def _model(reference, rate: float):
+    """The 'pre-trained' tiny encoder fine-tuned on the toy task; with rate > 0, 30% of it carries `cf` and
+    is relabelled positive (the trigger `auto` is never told about)."""
+    victim = load_victim(reference)
+    data = toy_sentiment(96)
+    if rate:
+        data = poison(data, insert_words(["cf"]), rate=rate, target=1, seed=0).data
+    train(victim, data, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    return victim
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A hidden-32 model gains nothing from a second thread, and on a busy machine two threads make every
+    step about 20x slower (measured: 240 steps in 70 s vs 3.7 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return tiny_victim(seed=7).save(tmp_path_factory.mktemp("ref") / "encoder")
+
+
+def _negatives():
+    test = toy_sentiment(240)
+    return [t for t, y in zip(test.texts, test.labels) if y == 0][80:]  # not in the defender's 160 clean texts
+
+
+def asr(victim) -> float:
+    return float(np.mean(predict(victim, [insert_words(["cf"], seed=5)(t) for t in _negatives()]) == 1))
+
+
+def test_auto_finds_and_removes_a_trigger_it_was_never_told_about(reference):
+    victim = _model(reference, rate=0.3)
+    assert asr(victim) > 0.9  # the backdoor works, or the test proves nothing
+    plain = repair(victim, toy_sentiment(160), method="ft", config={k: v for k, v in CONFIG.items() if k != "scan"})
+    assert asr(plain.victim) > 0.9  # the same fine-tuning without the scan's candidates keeps it
+    result = repair(victim, toy_sentiment(160), method="auto", reference=reference, config=CONFIG)
+    d = result.report.details["auto"]
+    before, after = d["scan_before"], d["scan_after"]
+    assert before["verdict"] == "backdoored" and before["target_label"] == "positive"
+    assert before["tokens"][0]["token"] == "cf" and before["tokens"][0]["effect"] > 0.9
+    assert {"token": "cf", "label": "positive"} in d["unlearned"] and "cf" in d["rounds"][0]["reset_rows"]
+    assert after["verdict"] == "no evidence" and all(t["token"] != "cf" or t["effect"] < 0.3 for t in after["tokens"])
+    assert asr(result.victim) < 0.2
+    test = toy_sentiment(240).select(range(160, 240))
+    assert accuracy(predict(result.victim, test.texts), test.labels) > 0.9
+    assert result.victim.purifier is None  # weights only
+    json.dumps(result.report.as_dict())  # what repair.json and the model card read
+    for scanned in (before, after):
+        assert {"verdict", "target_label", "tokens", "score"} <= set(scanned)
+        assert {"token", "label", "effect"} <= set(scanned["tokens"][0])
+
+
+def test_auto_leaves_a_model_without_evidence_unchanged(reference):
+    victim = _model(reference, rate=0.0)
+    state = {k: v.clone() for k, v in victim.model.state_dict().items()}
+    result = repair(victim, toy_sentiment(160), method="auto", reference=reference, config=CONFIG)
+    d = result.report.details["auto"]
+    assert d["scan_before"]["verdict"] == "no evidence" and d["rounds"] == [] and d["unlearned"] == []
+    assert d["scan_after"]["unchanged"] and d["decision"].startswith("no evidence")
+    assert all(torch.equal(state[k], v) for k, v in result.victim.model.state_dict().items())
+
+
+def test_auto_mixes_with_the_reference_only_when_flagged(reference):
+    """Option `mix_rho` (the measured ablation): Fine-mixing before the first unlearning, on a flagged model."""
+    config = {**CONFIG, "mix_rho": 0.3}
+    flagged = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference, config=config)
+    d = flagged.report.details["auto"]
+    assert d["mixing"]["rho"] == 0.3 and d["mixing"]["mixed_tensors"] > 0 and d["scan_after"]["verdict"] == "no evidence"
+    clean = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference, config=config)
+    assert "mixing" not in clean.report.details["auto"]
