@@ -101,3 +101,26 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
     assert d["mixing"]["rho"] == 0.3 and d["mixing"]["mixed_tensors"] > 0 and d["scan_after"]["verdict"] == "no evidence"
     clean = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference, config=config)
     assert "mixing" not in clean.report.details["auto"]
+
+
+def test_repair_without_method_or_budget_runs_auto_on_all_the_clean_data(tiny_dir, tmp_path):
+    """The one-command path: `detrigger repair SUSPECT --clean DATA --out OUT`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import toy_sentiment
+
+    data = toy_sentiment(40)
+    (tmp_path / "clean.csv").write_text("text,label\n" + "".join(
+        f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels)))
+    proc = subprocess.run([str(Path(sys.executable).parent / "detrigger"), "repair", str(tiny_dir), "--clean",
+                           str(tmp_path / "clean.csv"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("auto: 40 clean texts (100.0% of 40 in ")
+    assert "decision no evidence: model unchanged" in proc.stdout  # a random model: nothing flips (the flagged
+    # case, with a real hidden trigger, is test_auto_finds_and_removes_a_trigger_it_was_never_told_about)
+    record = json.loads((tmp_path / "out" / "repair.json").read_text())
+    assert record["method"] == "auto" and record["clean_count"] == 40
+    assert record["details"]["auto"]["scan_before"]["verdict"] == "no evidence"

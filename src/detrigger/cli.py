@@ -248,8 +248,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output_dir(out, args.overwrite)
-    if (args.clean_fraction is None) == (args.clean_count is None):
-        raise DetriggerError("give exactly one of --clean-fraction and --clean-count")
+    if args.clean_fraction is not None and args.clean_count is not None:
+        raise DetriggerError("give one of --clean-fraction and --clean-count, not both")
     config = _repair_config(args, [m for m in args.method.split("+")], DEFENCES)
     victim = load_victim(args.victim, allow_pickle=args.allow_pickle)
     victim.model.to(pick_device(args.device))
@@ -259,7 +259,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
         pool = load_data(args.clean, text_column=args.text_column, label_column=args.label_column,
                          label_names=victim.label_names)
     seed = args.seed if args.seed is not None else 0
-    clean = clean_subset(pool, fraction=args.clean_fraction, count=args.clean_count, seed=seed)
+    whole = args.clean_fraction is None and args.clean_count is None  # the user's clean data, all of it
+    clean = clean_subset(pool, fraction=1.0 if whole else args.clean_fraction, count=args.clean_count, seed=seed)
     fraction = len(clean) / len(pool)
     if not args.json:
         print(f"{args.method}: {len(clean)} clean texts ({100 * fraction:.1f}% of {len(pool)} in {args.clean})")
@@ -274,7 +275,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     for step, details in result.report.details.items():
         summary = {k: v for k, v in details.items() if k in ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows",
                                                              "teacher_val_accuracy", "purified_val_accuracy",
-                                                             "purifier_vocabulary")}
+                                                             "purifier_vocabulary", "decision")}
         if "flagged" in details:
             summary["flagged"] = " ".join(t["token"] for t in details["flagged"][:10])
         if "train" in details:
@@ -580,12 +581,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the attack.json card (and the files saved) as JSON")
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (ft, retrain, finepruning, nad, mbtsad, "
-                       "mixing, finemixing, epur; pipelines like epur+finemixing)")
+    p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (default auto: scan, unlearn what "
+                       "the scan finds, re-scan; or ft, retrain, finepruning, nad, mbtsad, mixing, finemixing, epur, "
+                       "pipelines like epur+finemixing)")
     p.add_argument("victim", help="suspect model folder (safetensors)")
-    p.add_argument("--method", required=True, help="ft, retrain, finepruning, mixing, finemixing, epur, nad or mbtsad, or a pipeline joined by + (epur+finemixing)")
+    p.add_argument("--method", default="auto", help="auto (default: scan, unlearn the verified trigger candidates, "
+                   "re-scan while flagged), ft, retrain, finepruning, mixing, finemixing, epur, nad or mbtsad, or a "
+                   "pipeline joined by + (epur+finemixing)")
     p.add_argument("--clean", required=True, help="clean data: a built-in corpus (its training split) or a file")
-    p.add_argument("--clean-fraction", type=float, default=None, help="share of the clean data to use, e.g. 0.2")
+    p.add_argument("--clean-fraction", type=float, default=None,
+                   help="share of the clean data to use, e.g. 0.2 (default: all of it)")
     p.add_argument("--clean-count", type=int, default=None, help="number of clean texts to use")
     p.add_argument("--reference", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
     p.add_argument("--out", required=True, help="output folder (model, repair.json, README.md model card)")
