@@ -173,7 +173,8 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(word_victim, capsys):
     assert capsys.readouterr().err == ""
     scan(victim, toy_sentiment(40), config=config, progress=True)
     err = capsys.readouterr().err
-    assert "scan: 100%" in err and "step" in err
+    # tqdm redraws at most every 0.1 s, so a fast scan may never draw "100%": the bar and its total are there
+    assert "scan:" in err and "/4 [" in err and "step/s" in err
 
 
 @pytest.mark.slow
