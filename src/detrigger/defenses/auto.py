@@ -39,6 +39,7 @@ from detrigger.attacks.triggers import insert_sentence
 from detrigger.batching import encode
 from detrigger.data.dataset import TextDataset
 from detrigger.defenses.base import Context, DefenceConfig, register
+from detrigger.defenses.epur import EMBEDDINGS, reset_rows
 from detrigger.defenses.mixing import mix_weights
 from detrigger.evaluation.metrics import accuracy, predict
 from detrigger.models.victim import Victim, load_encoder_state
@@ -46,8 +47,6 @@ from detrigger.scan import ScanConfig, ScanReport, scan
 from detrigger.training.loop import train
 
 log = logging.getLogger(__name__)
-
-EMBEDDINGS = "embeddings.word_embeddings.weight"
 
 
 class AutoConfig(DefenceConfig):
@@ -159,10 +158,8 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
         if round_no == 1 and reference is not None and config.mix_rho is not None:
             details["mixing"] = {"rho": config.mix_rho, **mix_weights(victim, reference, config.mix_rho, seed=config.seed)}
         if reference is not None and config.reset_embeddings:
-            emb = victim.model.get_input_embeddings().weight
             ids = [victim.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in new]
-            with torch.no_grad():
-                emb[ids] = reference[EMBEDDINGS][ids].to(emb.device, emb.dtype)
+            reset_rows(victim, reference, ids)
             reset = list(new)
         data = _with_candidates(train_part, candidates, config.copies, config.seed + round_no)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)

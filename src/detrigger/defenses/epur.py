@@ -43,6 +43,14 @@ def epur_scores(victim: Victim, reference: dict[str, torch.Tensor], texts: list[
     return (e_b - e_p).norm(dim=1) / torch.log(freq)
 
 
+def reset_rows(victim: Victim, reference: dict[str, torch.Tensor], ids: torch.Tensor | list[int]) -> None:
+    """Put the reference's (pre-trained) embedding rows `ids` back into the model, in place."""
+    ids = torch.as_tensor(ids)
+    emb = victim.model.get_input_embeddings().weight
+    with torch.no_grad():
+        emb[ids.to(emb.device)] = reference[EMBEDDINGS][ids].to(emb.device, emb.dtype)
+
+
 @register("epur", EpurConfig, needs_reference=True,
           summary="reset the embedding rows that moved most for their clean-text frequency")
 def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, dict[str, Any]]:
@@ -51,9 +59,7 @@ def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, 
     texts = list(context.clean.train.texts) + list(context.clean.val.texts)
     scores = epur_scores(victim, reference, texts, config.freq_floor)
     top = torch.topk(scores, min(config.top_n, len(scores))).indices
-    emb = victim.model.get_input_embeddings().weight
-    with torch.no_grad():
-        emb[top.to(emb.device)] = reference[EMBEDDINGS][top].to(emb.device, emb.dtype)
+    reset_rows(victim, reference, top)
     tokens = victim.tokenizer.convert_ids_to_tokens(top[:config.report].tolist())
     flagged = [{"token": t, "id": int(i), "score": round(float(scores[i]), 4)} for t, i in zip(tokens, top[:config.report])]
     return victim, {"reset_rows": len(top), "flagged": flagged, "score_threshold": float(scores[top[-1]])}
