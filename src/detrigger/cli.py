@@ -21,6 +21,16 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir())
+
+
+def _print_saved(record: dict, out: Path) -> int:
+    """`--json` of a command that saved a folder: its record, the folder and the files in it."""
+    print(json.dumps({**record, "out": str(out), "files": _files(out)}, indent=2))
+    return 0
+
+
 def _size(value: str) -> float | int:
     """A split size: `0.2` is a fraction, `800` a count."""
     try:
@@ -171,8 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                      "encoder": victim.source, "max_length": args.max_length},
         "train.log": "\n".join(log_lines) + "\n"})
     if args.json:
-        print(json.dumps({**record, "out": str(out), "files": sorted(p.name for p in out.iterdir())}, indent=2))
-        return 0
+        return _print_saved(record, out)
     print(f"CACC {_pct(metrics.cacc)}% on {metrics.n_test} held-out test texts "
           f"(validation {_pct(result.best_val_accuracy)}%, epoch {result.best_epoch} kept); "
           f"trained in {result.train_seconds:.0f} s ({record['train_tokens_per_s']} tokens/s), total {wall:.0f} s")
@@ -223,9 +232,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     result.victim.save(out, overwrite=args.overwrite, extra_files={CARD_FILE: result.card})
     m, card = result.metrics, result.card
     if args.json:  # the card holds every figure the text below prints
-        print(json.dumps({**card, "target_label": result.victim.label_names[spec.target], "out": str(out),
-                          "files": sorted(p.name for p in out.iterdir())}, indent=2))
-        return 0
+        return _print_saved({**card, "target_label": result.victim.label_names[spec.target]}, out)
     print(f"{spec.attack} ({spec.setting}) on {data.source}: trigger {card['trigger']}, target "
           f"{result.victim.label_names[spec.target]!r}, {card['poison']['n_poisoned']} poisoned rows")
     print(f"  victim: CACC {_pct(m.cacc)}  ASR {_pct(m.asr)}  trigger effect {_pct(m.trigger_effect)}  RA {_pct(m.ra)}")
@@ -268,10 +275,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
                     clean_fraction=fraction)
     record = result.save(out, suspect=str(Path(args.victim).resolve()), clean_data=args.clean,
                          ship_purifier=args.ship_purifier, overwrite=args.overwrite)
-    files = sorted(p.name for p in out.iterdir())
     if args.json:
-        print(json.dumps({**record, "out": str(out), "files": files}, indent=2))
-        return 0
+        return _print_saved(record, out)
     for step, details in result.report.details.items():
         summary = {k: v for k, v in details.items() if k in ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows",
                                                              "teacher_val_accuracy", "purified_val_accuracy",
@@ -287,7 +292,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
           f"{_pct(r.accuracy_before)}, repaired {_pct(r.accuracy_after)} (weights alone){purified}")
     if record["saved"]["note"]:
         print(f"warning: {record['saved']['note']}")
-    print(f"saved {out}/ ({', '.join(files)}) in {r.seconds:.0f} s, peak memory {r.peak_memory_mb:.0f} MB")
+    print(f"saved {out}/ ({', '.join(_files(out))}) in {r.seconds:.0f} s, peak memory {r.peak_memory_mb:.0f} MB")
     return 0
 
 
