@@ -55,12 +55,13 @@ class MbtsadConfig(DistillConfig):
 
 
 def _distil(student: Victim, teacher: Victim, train_data: TextDataset, val: TextDataset,
-            config: DistillConfig) -> dict[str, Any]:
-    prepare_student(student)
-    term = distillation(teacher, beta_att=config.beta_att, beta_hid=config.beta_hid, layers=config.layers)
+            config: DistillConfig, method: str) -> dict[str, Any]:
+    prepare_student(student, method)
+    term = distillation(teacher, beta_att=config.beta_att, beta_hid=config.beta_hid, layers=config.layers,
+                        method=method)
     cfg = config.train.model_copy(update={"seed": config.seed})
     result = train(student, train_data, val, cfg, extra_losses={"distill": term}, forward_kwargs=FORWARD_KWARGS)
-    student.set_attention("sdpa")
+    student.set_attention("default")
     return result.as_dict()
 
 
@@ -82,7 +83,7 @@ def nad(victim: Victim, context: Context, config: DistillConfig) -> tuple[Victim
     stages = {"teacher_seconds": round(time.perf_counter() - start, 1)}
     teacher_acc = accuracy(predict(teacher, val.texts), val.labels)
     start = time.perf_counter()
-    distil = _distil(victim, teacher, context.clean.train, val, config)
+    distil = _distil(victim, teacher, context.clean.train, val, config, "nad")
     stages["distill_seconds"] = round(time.perf_counter() - start, 1)
     return victim, {"teacher_val_accuracy": teacher_acc, "stages": stages, "teacher_train": teacher_train,
                     "train": distil}
@@ -111,9 +112,9 @@ def mbtsad(victim: Victim, context: Context, config: MbtsadConfig) -> tuple[Vict
         start = time.perf_counter()
         if config.distil == "split":  # both models read the split text (same length, so maps align)
             victim.max_length = split_max_length
-            details["train"] = _distil(victim, teacher, split_train, split_val, config)
+            details["train"] = _distil(victim, teacher, split_train, split_val, config, "mbtsad")
         else:
-            details["train"] = _distil(victim, teacher, context.clean.train, val, config)
+            details["train"] = _distil(victim, teacher, context.clean.train, val, config, "mbtsad")
         stages["distill_seconds"] = round(time.perf_counter() - start, 1)
         result = victim
     result.max_length = max_length

@@ -17,9 +17,9 @@ from pydantic import Field
 
 from detrigger.batching import encode
 from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.models.victim import Victim, load_encoder_state
-
-EMBEDDINGS = "embeddings.word_embeddings.weight"
+from detrigger.errors import DetriggerError
+from detrigger.models.arch import embedding_key, family
+from detrigger.models.victim import Victim, reference_embeddings, reference_state
 
 
 class EpurConfig(DefenceConfig):
@@ -29,11 +29,13 @@ class EpurConfig(DefenceConfig):
 
 
 def epur_scores(victim: Victim, reference: dict[str, torch.Tensor], texts: list[str], freq_floor: int = 20) -> torch.Tensor:
-    """s_k for every row of the input embedding matrix."""
+    """s_k for every row of the input embedding matrix (`reference`: a pre-trained model's base-model tensors)."""
     e_b = victim.model.get_input_embeddings().weight.detach().cpu()
-    e_p = reference[EMBEDDINGS].to(e_b.dtype)
-    if e_p.shape != e_b.shape:
-        raise ValueError(f"reference embeddings {tuple(e_p.shape)} do not match the model's {tuple(e_b.shape)}")
+    e_p = reference_embeddings(victim, reference)
+    if e_p is None:
+        raise DetriggerError(f"the reference has no input embeddings of the {family(victim.model)} model's shape "
+                             f"{tuple(e_b.shape)}: pass the suspect's own pre-trained base model (docs/models.md)")
+    e_p = e_p.to(e_b.dtype)
     counts: Counter[int] = Counter()
     for ids in encode(victim.tokenizer, texts, victim.max_length):
         counts.update(ids)
@@ -48,14 +50,14 @@ def reset_rows(victim: Victim, reference: dict[str, torch.Tensor], ids: torch.Te
     ids = torch.as_tensor(ids)
     emb = victim.model.get_input_embeddings().weight
     with torch.no_grad():
-        emb[ids.to(emb.device)] = reference[EMBEDDINGS][ids].to(emb.device, emb.dtype)
+        emb[ids.to(emb.device)] = reference[embedding_key(victim.model)][ids].to(emb.device, emb.dtype)
 
 
 @register("epur", EpurConfig, needs_reference=True,
           summary="reset the embedding rows that moved most for their clean-text frequency")
 def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, dict[str, Any]]:
     assert context.reference is not None
-    reference = load_encoder_state(context.reference)
+    reference = reference_state(victim, context.reference, "epur")
     texts = list(context.clean.train.texts) + list(context.clean.val.texts)
     scores = epur_scores(victim, reference, texts, config.freq_floor)
     top = torch.topk(scores, min(config.top_n, len(scores))).indices

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.models.victim import Victim, new_victim
+from detrigger.models.victim import Victim, check_reference, new_victim
 from detrigger.training.loop import train
 
 
@@ -25,5 +25,6 @@ def ft(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim,
           summary="discard the suspect weights; fine-tune the pre-trained encoder on the clean subset")
 def retrain(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim, dict[str, Any]]:
     fresh = new_victim(victim.label_names, encoder=context.reference, max_length=victim.max_length, seed=config.seed)
+    check_reference(victim, fresh.model, "retrain", context.reference)
     fresh.info = dict(victim.info)
     return fresh, {"train": fine_tune(fresh, context, config)}

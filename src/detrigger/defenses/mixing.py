@@ -3,9 +3,12 @@
 With backdoored weights w_B and pre-trained weights w_P, keep a fraction rho of the elements of
 (w_B - w_P) and reset the rest to w_P: w = where(m, w_B, w_P), exactly (not w_P + m * (w_B - w_P), which
 rounds). The mask m is random (Fine-mixing) or chosen by |w_B - w_P| ("Sel": keep the largest changes
-with `top`, the smallest with `bottom`). Every tensor present in both checkpoints is mixed, embeddings
-included, with exactly round(rho * numel) kept elements per tensor; the task head has no pre-trained
-counterpart and is kept or re-initialised. Fine-mixing then fine-tunes on the clean subset; Mixing alone
+with `top`, the smallest with `bottom`). Every tensor of the suspect's base model (the family's
+`base_model_prefix`: `bert.*`, `roberta.*`, GPT-2's `transformer.*`, Llama's `model.*`) present in the
+reference (loaded with AutoModel, so the keys match) is mixed, embeddings included, with exactly
+round(rho * numel) kept elements per tensor; the reference must be the suspect's family and vocabulary
+(`reference_state`). The task head (every module outside the base model, DeBERTa's pooler included) has no
+pre-trained counterpart and is kept or re-initialised. Fine-mixing then fine-tunes on the clean subset; Mixing alone
 is the ablation without fine-tuning.
 
 rho is the accuracy / backdoor knob, and a defender cannot measure ASR: with `rho` unset, every value on
@@ -29,7 +32,7 @@ from pydantic import Field
 from detrigger.defenses.base import Context, DefenceConfig, register
 from detrigger.defenses.finetune import fine_tune
 from detrigger.evaluation.metrics import accuracy, predict
-from detrigger.models.victim import Victim, load_encoder_state
+from detrigger.models.victim import Victim, reference_state
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def _mix_and_score(victim: Victim, context: Context, config: MixingConfig, refer
 
 def _mixing(victim: Victim, context: Context, config: MixingConfig, tune: bool) -> tuple[Victim, dict[str, Any]]:
     assert context.reference is not None
-    reference = load_encoder_state(context.reference)
+    reference = reference_state(victim, context.reference, "finemixing" if tune else "mixing")
     val = context.clean.val
     baseline = accuracy(predict(victim, val.texts), val.labels)
     if config.rho is not None:

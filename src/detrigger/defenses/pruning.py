@@ -1,10 +1,12 @@
 """Fine-pruning (Liu et al., RAID 2018) adapted to transformer FFNs.
 
-Record each FFN intermediate neuron's mean activation (post-GELU) on the clean subset; in every layer,
-zero the least active fraction (the neuron's input row and bias, and its output column, so it contributes
-exactly nothing); raise the fraction along `ratios` until held-out clean accuracy drops by more than
-`tolerance`, keep the last fraction that did not; then fine-tune with the pruned neurons held at zero.
-Departure from the paper (one CNN layer): every transformer layer is pruned, each by its own ranking.
+Record each FFN neuron's mean activation on the clean subset (the input of the FFN's down projection:
+post-GELU, or post-gate in gated FFNs; models/arch.py finds it in every family); in every block, cut the
+least active fraction off (its weights into the down projection are zeroed, so it contributes exactly
+nothing); raise the fraction along `ratios` until held-out clean accuracy drops by more than `tolerance`,
+keep the last fraction that did not; then fine-tune with the pruned neurons held at zero.
+Departure from the paper (one CNN layer): every transformer block is pruned, each by its own ranking (a
+block shared by all layers, as in ALBERT, is ranked over all its uses).
 Selection uses held-out clean accuracy only, never ASR.
 """
 
@@ -19,6 +21,7 @@ from pydantic import Field
 from detrigger.batching import bucketed_batches, collate, encode
 from detrigger.defenses.base import Context, DefenceConfig, register
 from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.models.arch import ffn_down_projections, ffn_width, zero_ffn_inputs
 from detrigger.models.victim import Victim
 from detrigger.training.loop import train
 
@@ -31,27 +34,21 @@ class FinePruningConfig(DefenceConfig):
     tolerance: float = Field(0.02, ge=0, description="allowed drop of held-out clean accuracy")
 
 
-def _ffn_layers(victim: Victim) -> list[torch.nn.Module]:
-    layers = getattr(getattr(victim.model.base_model, "encoder", None), "layer", None)
-    if layers is None or not all(hasattr(l, "intermediate") and hasattr(l, "output") for l in layers):
-        raise ValueError("fine-pruning supports BERT-style encoders (layer.intermediate / layer.output)")
-    return list(layers)
-
-
 @torch.no_grad()
 def mean_activations(victim: Victim, texts: list[str], batch_size: int = 64) -> list[torch.Tensor]:
-    """Per layer, each FFN neuron's mean post-GELU activation over the non-pad tokens of `texts`."""
-    layers = _ffn_layers(victim)
-    sums = [torch.zeros(l.intermediate.dense.out_features) for l in layers]
+    """Per block, each FFN neuron's mean activation (its down projection's input) over the non-pad tokens of
+    `texts`."""
+    downs = ffn_down_projections(victim.model, "finepruning")
+    sums = [torch.zeros(ffn_width(d)) for d in downs]
     mask_holder: dict[str, torch.Tensor] = {}
 
     def hook(i: int):
-        def fn(module, inputs, output):
-            m = mask_holder["mask"].unsqueeze(-1).to(output.dtype)
-            sums[i] += (output * m).sum(dim=(0, 1)).float().cpu()
+        def fn(module, inputs):
+            m = mask_holder["mask"].unsqueeze(-1).to(inputs[0].dtype)
+            sums[i] += (inputs[0] * m).sum(dim=(0, 1)).float().cpu()
         return fn
 
-    handles = [l.intermediate.register_forward_hook(hook(i)) for i, l in enumerate(layers)]
+    handles = [d.register_forward_pre_hook(hook(i)) for i, d in enumerate(downs)]
     victim.model.eval()
     ids = encode(victim.tokenizer, texts, victim.max_length)
     tokens = 0
@@ -77,13 +74,10 @@ def prune_masks(activations: list[torch.Tensor], ratio: float) -> list[torch.Ten
     return masks
 
 
-@torch.no_grad()
 def apply_pruning(victim: Victim, masks: list[torch.Tensor]) -> None:
-    for layer, mask in zip(_ffn_layers(victim), masks):
-        m = mask.to(layer.intermediate.dense.weight.device)
-        layer.intermediate.dense.weight[m] = 0
-        layer.intermediate.dense.bias[m] = 0
-        layer.output.dense.weight[:, m] = 0
+    """Cut the masked neurons of every block off (`zero_ffn_inputs`)."""
+    for down, mask in zip(ffn_down_projections(victim.model, "finepruning"), masks):
+        zero_ffn_inputs(down, mask)
 
 
 @register("finepruning", FinePruningConfig, needs_reference=False,

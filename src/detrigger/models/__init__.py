@@ -1,4 +1,4 @@
-"""Models: the `Victim` and the one way to load, build and save it."""
+"""Models: the `Victim` and the one way to load, build and save it (any family: models/arch.py)."""
 
 from detrigger.models.victim import Victim, default_encoder_path, load_victim, new_victim
 

@@ -7,6 +7,12 @@ from safetensors only: a pickle checkpoint (`.bin`, `.pt`) can run code when unp
 unless the caller opts in with `allow_pickle=True`. Code shipped in a folder (`auto_map` modules) never runs:
 every load passes `trust_remote_code=False`, and a folder whose architecture exists only as such code is refused.
 Every problem with a folder is one `DetriggerError` naming the file.
+
+Also loaded: a hub id (`org/name`) through the usual Hugging Face cache (`model_folder`), and a LoRA adapter
+folder (`adapter_config.json` + `adapter_model.safetensors`) over its base model, merged into it on load: the
+suspect is then an ordinary model of the base's family (`_load_adapter`). Any family works (models/arch.py);
+a decoder classifier pools its last token that is not `config.pad_token_id`, so the tokenizer pads with
+exactly that token (`_fit_padding`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +34,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir, write_json
+from detrigger.models.arch import default_attention, embedding_key, family
 from detrigger.splitting import RareWordSplitter
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,14 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "spiece.model")
 DEFAULT_MAX_LENGTH = 128
-Attention = Literal["sdpa", "eager"]
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# a hub model id: one owner, one name (a local folder of that name wins)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# what a hub download fetches: configs, safetensors and tokenizer files (pickles only when opted in)
+HUB_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
+# `default`: the family's fast kernel (sdpa, or eager where it has no sdpa); `eager` returns attention maps
+Attention = Literal["default", "eager"]
 
 
 def default_encoder_path() -> Path:
@@ -78,12 +93,29 @@ class Victim:
         return next(self.model.parameters()).device
 
     def set_attention(self, implementation: Attention) -> None:
-        """Switch attention kernels; `eager` is needed for attention maps (sdpa returns none)."""
-        self.model.set_attn_implementation(implementation)
+        """Switch attention kernels: `eager` for attention maps (sdpa returns none), `default` back to the
+        family's fast kernel."""
+        self.model.set_attn_implementation(default_attention(self.model) if implementation == "default"
+                                           else implementation)
+
+    def rename_labels(self, mapping: dict[str, str]) -> None:
+        """Rename the model's labels (`{"LABEL_0": "negative", ...}`) so they match a data set's; the config's
+        id2label / label2id follow, so a saved model carries the new names."""
+        unknown = [k for k in mapping if k not in self.label_names]
+        if unknown:
+            raise DetriggerError(f"label map: {unknown[0]!r} is not a label of the model "
+                                 f"[{', '.join(self.label_names)}]")
+        names = tuple(mapping.get(n, n) for n in self.label_names)
+        if len(set(names)) != len(names):
+            raise DetriggerError(f"label map: the model's labels would be [{', '.join(names)}], not all different")
+        self.label_names = names
+        self.model.config.id2label = dict(enumerate(names))
+        self.model.config.label2id = {n: i for i, n in enumerate(names)}
 
     def save(self, out: str | Path, overwrite: bool = False, extra_files: dict[str, Any] | None = None) -> Path:
         """Save atomically: safetensors + tokenizer + detrigger.json, plus `extra_files` (name -> JSON
-        object, or text for a str). A failure leaves no folder behind."""
+        object, or text for a str). A failure leaves no folder behind. A model still wrapped as a LoRA
+        adapter (an attack's `lora` victim) is saved as an adapter folder over its base model."""
         out = Path(out)
         with atomic_dir(out, overwrite) as tmp, _quiet_transformers():
             self.model.save_pretrained(tmp)
@@ -100,6 +132,20 @@ class Victim:
                 else:
                     write_json(tmp / name, obj)
         return out
+
+
+def parse_label_map(value: str) -> dict[str, str]:
+    """A label map from `MODEL=DATA,...` (`LABEL_0=negative,LABEL_1=positive`) or a JSON file holding such an
+    object."""
+    if Path(value).is_file():
+        mapping = _read_json(Path(value))
+        if not all(isinstance(v, str) for v in mapping.values()):
+            raise DetriggerError(f"{value}: a label map's values are label names (strings)")
+        return {str(k): v for k, v in mapping.items()}
+    pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise DetriggerError(f"label map {value!r}: expected MODEL_LABEL=DATA_LABEL,... or a JSON file")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 @contextlib.contextmanager
@@ -194,9 +240,37 @@ def _load_tokenizer(path: Path) -> transformers.PreTrainedTokenizerBase:
         raise DetriggerError(f"{path}: cannot load the tokenizer ({' '.join(str(exc).split())})") from None
 
 
-def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Attention = "sdpa") -> Victim:
-    """Load a sequence classifier folder (a detrigger victim or any Hugging Face one) on the CPU."""
-    path = Path(path)
+def model_folder(name: str | Path, *, allow_pickle: bool = False) -> Path:
+    """A local folder as given; a hub id (`org/name`) that is not a local folder: its snapshot in the Hugging
+    Face cache, downloaded once when online (configs, safetensors and tokenizer files only). `HF_HUB_OFFLINE`
+    is respected: offline, only what is cached is found."""
+    path = Path(name)
+    if path.exists() or not HUB_ID.match(str(name)):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = [*HUB_FILES, *(["*.bin"] if allow_pickle else [])]
+    try:
+        return Path(snapshot_download(str(name), allow_patterns=patterns))
+    except LocalEntryNotFoundError:
+        raise DetriggerError(f"{name}: no such model folder, and not in the Hugging Face cache while the hub is offline "
+                             f"or unreachable: download it once where you are online (`hf download {name}`, or "
+                             f"`huggingface-cli download {name}`), or pass a local model folder") from None
+    except RepositoryNotFoundError:
+        raise DetriggerError(f"{name}: no such model folder, nor a model on the Hugging Face hub you can read") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise DetriggerError(f"{name}: cannot download it from the Hugging Face hub ({' '.join(str(exc).split())[:200]})"
+                             "; download it with `hf download` or pass a local model folder") from None
+
+
+def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Attention = "default",
+                base: str | Path | None = None) -> Victim:
+    """Load a sequence classifier (a detrigger victim, any Hugging Face folder or hub id, or a LoRA adapter
+    folder over `base` or the base its config names, merged) on the CPU."""
+    path = model_folder(path, allow_pickle=allow_pickle)
+    if (path / ADAPTER_CONFIG).is_file():
+        return _load_adapter(path, base, allow_pickle, attention)
     use_pickle = _check_folder(path, allow_pickle)
     meta = _read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
     purifier = None
@@ -207,7 +281,7 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
             raise DetriggerError(f"{path / PURIFIER_FILE}: {exc}") from None
     with _quiet_transformers():
         model = _from_pretrained(AutoModelForSequenceClassification, path, use_safetensors=not use_pickle,
-                                 attn_implementation=attention)
+                                 attn_implementation=_kernel(attention))
     config = model.config
     if not meta and (not config.architectures or not any("SequenceClassification" in a for a in config.architectures)):
         log.warning("%s: not a sequence classifier; its classification head is newly initialised", path)
@@ -215,9 +289,95 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
     if len(names) != model.config.num_labels:
         raise DetriggerError(f"{path / META_FILE}: {len(names)} label names [{', '.join(map(str, names))}] but the "
                              f"model has {model.config.num_labels} outputs")
-    return Victim(model.eval(), _load_tokenizer(path), tuple(names),
+    tokenizer = _load_tokenizer(path)
+    _fit_padding(model, tokenizer, path)
+    return Victim(model.eval(), tokenizer, tuple(names),
                   int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}),
                   purifier)
+
+
+def _kernel(attention: Attention) -> str | None:
+    """`attn_implementation` for from_pretrained: None lets transformers pick the family's default."""
+    return None if attention == "default" else attention
+
+
+def _fit_padding(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
+                 path: Path) -> None:
+    """Pad with the token the model treats as padding. Decoder classifiers (GPT-2, Llama, Qwen2) pool the last
+    token that is not `config.pad_token_id`, and GPT-2-style tokenizers have no pad token: use the config's,
+    else the end-of-text token, and write it into the config, as transformers expects for batches."""
+    pad = model.config.pad_token_id
+    if tokenizer.pad_token_id is None:
+        token = tokenizer.convert_ids_to_tokens(pad) if pad is not None else tokenizer.eos_token
+        if token is None:
+            raise DetriggerError(f"{path}: the tokenizer has no padding token, and the model names none "
+                                 "(config.pad_token_id) nor an end-of-text token to pad with")
+        tokenizer.pad_token = token
+    if pad is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    elif pad != tokenizer.pad_token_id:
+        log.warning("%s: the tokenizer pads with id %d but config.pad_token_id is %d; decoder classifiers would "
+                    "read the padding as text", path, tokenizer.pad_token_id, pad)
+
+
+def _load_adapter(path: Path, base: str | Path | None, allow_pickle: bool, attention: Attention) -> Victim:
+    """A LoRA adapter over its base model (`base`, else the adapter config's `base_model_name_or_path`),
+    merged into it: the suspect is then an ordinary model of the base's family, and a repaired one is saved
+    as a plain merged folder. The classification head must come with the adapter (`modules_to_save`) or the
+    base; one that would be newly initialised is refused (its predictions would be random)."""
+    from peft import PeftModel
+
+    config = _read_json(path / ADAPTER_CONFIG)
+    if config.get("peft_type") != "LORA":
+        raise DetriggerError(f"{path / ADAPTER_CONFIG}: a {config.get('peft_type')} adapter; detrigger loads LoRA "
+                             "adapters only")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        raise DetriggerError(f"{path}: no {ADAPTER_WEIGHTS}" + (
+            f" (only {', '.join(pickles)}: a pickle, never loaded for adapters; convert it to safetensors where "
+            "you trust it)" if pickles else ""))
+    _check_safetensors(path / ADAPTER_WEIGHTS)
+    base_name = base or config.get("base_model_name_or_path")
+    if not base_name:
+        raise DetriggerError(f"{path / ADAPTER_CONFIG}: names no base model; pass it (--base)")
+    base_path = model_folder(base_name, allow_pickle=allow_pickle)
+    if not base_path.exists():
+        raise DetriggerError(f"{path}: its base model {base_name} is not here; pass the base model folder (--base)")
+    use_pickle = _check_folder(base_path, allow_pickle)
+    meta = _read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
+    with safe_open(path / ADAPTER_WEIGHTS, framework="pt") as f:
+        head = {k: f.get_slice(k).get_shape() for k in f.keys() if "lora_" not in k}
+    base_config = _read_json(base_path / "config.json")
+    # the head's output layer has the fewest rows of the head tensors the adapter holds (dense layers: hidden)
+    rows = [shape[0] for shape in head.values() if len(shape) == 2]
+    count = len(meta["label_names"]) if meta.get("label_names") else min(rows) if rows else base_config.get("num_labels")
+    if not count:
+        raise DetriggerError(f"{path}: the adapter holds no classification head and its base {base_name} is not a "
+                             "classifier (add the head to the adapter's modules_to_save)")
+    names = meta.get("label_names") or [str((base_config.get("id2label") or {}).get(str(i), f"LABEL_{i}"))
+                                        for i in range(count)]
+    with _quiet_transformers():
+        try:
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                base_path, trust_remote_code=False, use_safetensors=not use_pickle, num_labels=count,
+                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+                attn_implementation=_kernel(attention), output_loading_info=True)
+            covered = {k.removeprefix("base_model.model.") for k in head}
+            random = [k for k in loading["missing_keys"] if k not in covered]
+            if random:
+                raise DetriggerError(f"{path}: neither the adapter nor its base holds {', '.join(sorted(random)[:4])}: "
+                                     "they would be newly initialised (add them to the adapter's modules_to_save)")
+            model = PeftModel.from_pretrained(model, str(path), is_trainable=False).merge_and_unload()
+            model.requires_grad_(True)  # peft froze the base; merged, every weight is the repair's to train
+        except (ValueError, OSError, RuntimeError, KeyError, SafetensorError) as exc:
+            raise DetriggerError(f"{path}: cannot load the adapter over {base_name} "
+                                 f"({' '.join(str(exc).split())[:300]})") from None
+    tokenizer = _load_tokenizer(path if any((path / f).is_file() for f in TOKENIZER_FILES) else base_path)
+    _fit_padding(model, tokenizer, path)
+    info = {**meta.get("info", {}), "adapter": {"folder": str(path), "base": str(base_name), "merged": True}}
+    info.setdefault("encoder", str(base_name))
+    return Victim(model.eval(), tokenizer, tuple(names), int(meta.get("max_length", DEFAULT_MAX_LENGTH)),
+                  meta.get("source", str(path)), info)
 
 
 def _from_pretrained(auto: Any, path: Path, **kwargs: Any) -> transformers.PreTrainedModel:
@@ -228,26 +388,75 @@ def _from_pretrained(auto: Any, path: Path, **kwargs: Any) -> transformers.PreTr
         raise DetriggerError(f"{path}: cannot load the model ({' '.join(str(exc).split())[:300]})") from None
 
 
-def load_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The base-model tensors of a pre-trained encoder folder (keys without the task prefix, e.g.
-    `embeddings.word_embeddings.weight`), for mixing and embedding purification. Safetensors only."""
-    path = Path(path)
+def _load_encoder(path: str | Path) -> transformers.PreTrainedModel:
+    path = model_folder(path)
     _check_folder(path, allow_pickle=False)
     with _quiet_transformers():
-        model = _from_pretrained(AutoModel, path)
+        return _from_pretrained(AutoModel, path)
+
+
+def load_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The base-model tensors of a pre-trained encoder folder or hub id (keys without the task prefix, e.g.
+    `embeddings.word_embeddings.weight`), for mixing and embedding purification. Safetensors only."""
+    return {k: v.detach() for k, v in _load_encoder(path).state_dict().items()}
+
+
+def check_reference(victim: Victim, reference: transformers.PreTrainedModel, method: str, path: str | Path) -> None:
+    """A reference (pre-trained) model must be the suspect's family with its vocabulary: another base model's
+    weights and embedding rows mean nothing to the suspect."""
+    ours, theirs = victim.model.get_input_embeddings().weight, reference.get_input_embeddings().weight
+    if family(victim.model) != family(reference) or ours.shape != theirs.shape:
+        raise DetriggerError(
+            f"{method}: the reference {path} is a {family(reference)} model with {theirs.shape[0]} x {theirs.shape[1]} "
+            f"input embeddings, the suspect a {family(victim.model)} model with {ours.shape[0]} x {ours.shape[1]}; pass "
+            "the suspect's own pre-trained base model with --reference (docs/models.md: finding the base model)")
+
+
+def reference_state(victim: Victim, path: str | Path, method: str) -> dict[str, torch.Tensor]:
+    """`load_encoder_state` of a reference checked to fit the suspect (`check_reference`)."""
+    model = _load_encoder(path)
+    check_reference(victim, model, method, path)
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
+def reference_embeddings(victim: Victim, reference: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The reference's input embedding matrix if it fits the suspect's (same key and shape), else None."""
+    rows = reference.get(embedding_key(victim.model))
+    return rows if rows is not None and rows.shape == victim.model.get_input_embeddings().weight.shape else None
+
+
 def new_victim(label_names: Sequence[str], *, encoder: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH,
-               seed: int = 0, attention: Attention = "sdpa") -> Victim:
-    """A fresh classifier: a pre-trained encoder folder (default: the embedded MiniLM) + a new seeded head."""
-    path = Path(encoder) if encoder else default_encoder_path()
+               seed: int = 0, attention: Attention = "default", lora_rank: int | None = None) -> Victim:
+    """A fresh classifier: a pre-trained encoder folder or hub id (default: the embedded MiniLM) + a new
+    seeded head. With `lora_rank`, the encoder is frozen under LoRA adapters of that rank on every linear layer
+    of its blocks and the head is trained whole; such a victim saves as an adapter folder over the encoder."""
+    path = model_folder(encoder) if encoder else default_encoder_path()
     _check_folder(path, allow_pickle=False)
     names = tuple(label_names)
-    torch.manual_seed(seed)  # the new head's initialisation
+    torch.manual_seed(seed)  # the new head's (and LoRA's) initialisation
     with _quiet_transformers():
         model = _from_pretrained(
             AutoModelForSequenceClassification, path, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)}, attn_implementation=attention)
-    source = "embedded:all-MiniLM-L6-v2" if encoder is None else str(path)
-    return Victim(model.eval(), _load_tokenizer(path), names, max_length, source, {"encoder": source})
+            label2id={n: i for i, n in enumerate(names)}, attn_implementation=_kernel(attention))
+    tokenizer = _load_tokenizer(path)
+    _fit_padding(model, tokenizer, path)
+    if lora_rank:
+        model = _with_lora(model, path, lora_rank)
+    source = "embedded:all-MiniLM-L6-v2" if encoder is None else str(encoder)
+    return Victim(model.eval(), tokenizer, names, max_length, source, {"encoder": source})
+
+
+def _with_lora(model: transformers.PreTrainedModel, base: Path, rank: int) -> transformers.PreTrainedModel:
+    """`model` under LoRA adapters (rank `rank`, alpha 2 x rank) on the linear layers of its base model's
+    blocks; the head (every module outside the base model) is trained and saved whole."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    blocks = [n for n, m in model.base_model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+    head = [n for n, m in model.named_children() if m is not model.base_model and any(True for _ in m.parameters())]
+    prefix = model.base_model_prefix
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[f"{prefix}.{n}" for n in blocks],
+                        modules_to_save=head, task_type="SEQ_CLS")
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base.resolve())
+    return peft_model

@@ -6,7 +6,8 @@ teacher on the same inputs and compares, per selected layer,
 - hidden states: MSE over non-pad tokens, averaged over the hidden dimension;
 each then averaged over layers and weighted by its beta. The student must run with eager attention (with
 sdpa, transformers 5 returns no attention maps) and with attention dropout off, since the maps are taken
-after dropout in train mode: `prepare_student()` does both.
+after dropout in train mode: `prepare_student()` does both, for any family (models/arch.py); a family
+that cannot return maps is an error naming the method, unless beta_att is 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 
+from detrigger.errors import DetriggerError
+from detrigger.models.arch import attention_dropout_off, eager_attention, family
 from detrigger.models.victim import Victim
 
 FORWARD_KWARGS = {"output_attentions": True, "output_hidden_states": True}
@@ -45,20 +48,17 @@ def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
     return torch.stack(losses).mean()
 
 
-def prepare_student(victim: Victim) -> None:
+def prepare_student(victim: Victim, method: str = "distillation") -> None:
     """Eager attention (so maps are returned) and attention dropout off (so they are comparable)."""
-    victim.set_attention("eager")
-    for name, module in victim.model.named_modules():
-        if isinstance(module, torch.nn.Dropout) and "attention.self" in name:
-            module.p = 0.0
-    if hasattr(victim.model.config, "attention_probs_dropout_prob"):
-        victim.model.config.attention_probs_dropout_prob = 0.0
+    eager_attention(victim.model, method)
+    attention_dropout_off(victim.model)
 
 
 def distillation(teacher: Victim, *, beta_att: float = 1.0, beta_hid: float = 1.0,
-                 layers: Sequence[int] | None = None):
+                 layers: Sequence[int] | None = None, method: str = "distillation"):
     """An extra loss term (for `train(..., extra_losses=..., forward_kwargs=FORWARD_KWARGS)`)."""
-    teacher.set_attention("eager")
+    if beta_att:
+        eager_attention(teacher.model, method)
     teacher.model.eval()
     for p in teacher.model.parameters():
         p.requires_grad_(False)
@@ -70,7 +70,8 @@ def distillation(teacher: Victim, *, beta_att: float = 1.0, beta_hid: float = 1.
         loss = outputs.logits.new_zeros(())
         if beta_att:
             if not outputs.attentions:
-                raise RuntimeError("the student returned no attention maps: load it with eager attention")
+                raise DetriggerError(f"{method}: the {family(teacher.model)} model returned no attention maps; "
+                                     "distil hidden states only (beta_att 0)")
             loss = loss + beta_att * attention_loss(outputs.attentions, t.attentions, mask, layers)
         if beta_hid:
             loss = loss + beta_hid * hidden_loss(outputs.hidden_states, t.hidden_states, mask, layers)
