@@ -183,3 +183,12 @@ def test_distillation_defences_run_and_report_their_stages(method, config):
         assert d["purifier_vocabulary"] == len(result.victim.purifier.vocabulary) > 0
         assert 0 <= d["purified_val_accuracy"] <= 1
         assert result.victim.prepare(toy_sentiment(48).texts) == list(toy_sentiment(48).texts)
+
+
+def test_a_defence_name_is_registered_once():
+    from detrigger.defenses.base import DEFENCES, DefenceConfig, register
+
+    before = dict(DEFENCES)
+    with pytest.raises(ValueError, match="'ft' is registered twice"):
+        register("ft", DefenceConfig, needs_reference=False, summary="another ft")(lambda victim, context, config: (victim, {}))
+    assert DEFENCES == before

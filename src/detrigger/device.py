@@ -31,6 +31,21 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs natively here: a CUDA GPU that supports it, or a CPU with bf16 instructions
+    (avx512_bf16 / amx_bf16; elsewhere oneDNN emulates bf16 and it is no faster than fp32). Deterministic:
+    read from the hardware, never timed."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), "")
+    except OSError:  # not Linux
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """bf16 autocast where asked for and supported; a no-op for fp32."""
     if precision == "fp32":

@@ -17,8 +17,12 @@
    that the model does not already put in t, and the share now predicted t is the token's effect (its
    flip rate). Leaving out the texts already predicted t gives every model the same ceiling of 1,
    whatever its clean accuracy (a trigger flips all of them). Two stages for speed: every
-   candidate is screened on `screen_samples` texts, and only the `verify` best are measured on all
-   `samples` texts (the reported effects are these full measurements).
+   candidate is screened on `screen_samples` texts, and only the `verify` best are measured on the
+   other texts too (the reported effects count all `samples` texts). Also for speed: the other labels'
+   texts are predicted in random chunks only until `samples` of them are found, every candidate's
+   insertions go through the model in one batched pass, and the forward passes run in bf16 where the
+   hardware has it natively (`precision`; 2.6x less CPU time than the fp32 per-candidate scan before,
+   same verdicts: docs/scan.md, "Time").
 3. Task words are set aside: a token that occurs in the clean texts (at least `task_word_count` times)
    mostly with the label it pushes towards (share >= `task_word_share`) flips predictions because that is
    the task ("awful" -> negative), not a backdoor; a trigger is rare in clean text or label-neutral.
@@ -36,18 +40,20 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from detrigger.attacks.triggers import insert_words
+from detrigger.attacks.triggers import insert_sentence, insert_words
 from detrigger.batching import collate, encode
 from detrigger.data.dataset import TextDataset
+from detrigger.device import Precision, autocast, fast_bf16
 from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import predict
+from detrigger.models.arch import watched_embeddings
 from detrigger.models.victim import Victim, load_encoder_state
 from detrigger.progress import progress_bar
 
@@ -64,14 +70,16 @@ class ScanConfig(BaseModel):
     candidates: int = Field(20, ge=1, description="gradient-ranked candidate tokens per label and round")
     rounds: int = Field(2, ge=1, description="gradient rounds, each at the previous round's best token")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
-    screen_samples: int = Field(50, ge=0, description="texts each candidate is screened on (0: no screening)")
+    screen_samples: int = Field(25, ge=0, description="texts each candidate is screened on (0: no screening)")
     verify: int = Field(10, ge=1, description="best screened candidates per label measured on all samples")
     threshold: float = Field(THRESHOLD, gt=0, le=1, description="flag the model when the best effect reaches this")
     task_word_count: int = Field(5, ge=1, description="clean occurrences from which a token can be a task word")
     task_word_share: float = Field(0.8, gt=0, le=1, description="share of them in the label's texts that makes it one")
     report: int = Field(10, ge=1, description="tokens listed in the report")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 where the hardware runs it natively (about 2x on such a CPU), else fp32")
     seed: int = 0
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1)
 
 
 @dataclass
@@ -94,10 +102,11 @@ class ScanReport:
     target_label: str
     target_id: int
     tokens: list[TokenEvidence]
-    base_rates: dict[str, float]  # per label: share of the other labels' clean texts already predicted as it (left out)
+    base_rates: dict[str, float]  # per label: share of the other labels' clean texts looked at already predicted as it (left out)
     n_samples: dict[str, int]
     reference: str | None
     seconds: float = 0.0
+    precision: str = "fp32"  # of every forward pass of the scan
     config: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,7 +124,7 @@ class ScanReport:
             lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {grad:>13}  "
                          f"{drift:>11}  {t.clean_count:>11}{note}")
         lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
-                     f"{self.seconds:.0f} s")
+                     f"{self.precision}, {self.seconds:.0f} s")
         return "\n".join(lines)
 
 
@@ -143,17 +152,17 @@ def word_of(victim: Victim, token_id: int) -> str:
 
 
 def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int,
-                     at: str | None = None) -> torch.Tensor:
+                     at: str | None = None, precision: Precision = "fp32", around: str = "{}") -> torch.Tensor:
     """Per vocabulary token: how well its embedding points along the descent direction of the loss towards
     `target` at a word `at` (default: the unknown token as a placeholder) put at a random word boundary of
     each text (gradients summed over texts; cosine, so the row norm does not count). Higher = more
-    trigger-like."""
+    trigger-like. `around` places the slot inside a phrase ("3d {}": the word that best follows "3d")."""
     tok = victim.tokenizer
     placeholder = at or tok.unk_token or tok.mask_token
     if placeholder is None:
         raise DetriggerError("the tokenizer has neither an unknown nor a mask token to use as a placeholder")
     (placeholder_id,) = tok(placeholder, add_special_tokens=False)["input_ids"]
-    marked = [insert_words([placeholder], seed=seed)(t) for t in texts]
+    marked = [insert_sentence(around.format(placeholder), seed=seed)(t) for t in texts]
     ids = encode(tok, marked, victim.max_length)
     model, device = victim.model, victim.device
     embedding = model.get_input_embeddings()
@@ -163,15 +172,31 @@ def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, b
     try:
         for start in range(0, len(ids), batch_size):
             inputs = collate(ids[start:start + batch_size], tok.pad_token_id, device)
-            embeds = embedding(inputs["input_ids"]).detach().requires_grad_(True)
-            logits = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+            with watched_embeddings(model) as embeds, autocast(device, precision):  # decoders pool from input_ids
+                logits = model(**inputs).logits.float()
             target_ids = torch.full((len(logits),), target, device=device)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, target_ids, reduction="sum"), embeds)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, target_ids, reduction="sum"), embeds[0])
             total += grad[inputs["input_ids"] == placeholder_id].sum(0)  # truncated-away placeholders drop out
     finally:
         model.train(was_training)
     weight = embedding.weight.detach()
     return (-(weight @ total) / weight.norm(dim=1).clamp_min(1e-12)).cpu()
+
+
+def _sample_not_predicted(victim: Victim, pool: list[str], target: int, samples: int, rng: np.random.Generator,
+                          precision: Precision, batch_size: int) -> tuple[list[str], float]:
+    """Up to `samples` texts of `pool`, in a random order, that the model does not already predict as
+    `target`, and the share of the texts looked at that it does (the label's base rate). Predicts the pool
+    in random chunks only until enough are found, not the whole pool."""
+    order = [pool[i] for i in rng.permutation(len(pool))]
+    found: list[str] = []
+    seen = hits = 0
+    while len(found) < samples and seen < len(order):
+        chunk = order[seen:seen + max(batch_size, samples - len(found) + samples // 4)]
+        pred = predict(victim, chunk, batch_size=batch_size, precision=precision)
+        found += [t for t, p in zip(chunk, pred) if p != target]
+        seen, hits = seen + len(chunk), hits + int((pred == target).sum())
+    return found[:samples], round(hits / seen, 4) if seen else 0.0
 
 
 def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = None,
@@ -184,6 +209,8 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     if clean.label_names != victim.label_names:
         raise DetriggerError(f"clean data labels [{', '.join(clean.label_names)}] differ from the model's "
                              f"[{', '.join(victim.label_names)}]")
+    precision: Precision = (("bf16" if fast_bf16(victim.device) else "fp32") if config.precision == "auto"
+                            else config.precision)
     rng = np.random.default_rng(config.seed)
     allowed = insertable_tokens(victim)
     by_label = [Counter[int]() for _ in victim.label_names]
@@ -195,6 +222,12 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         from detrigger.defenses.epur import epur_scores
 
         drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
+
+    def evidence(token_id: int, target: int) -> tuple[int, float | None, bool]:
+        n = counts.get(token_id, 0)
+        share = by_label[target].get(token_id, 0) / n if n else None
+        return n, share, n >= config.task_word_count and share is not None and share >= config.task_word_share
+
     tokens: list[TokenEvidence] = []
     base_rates: dict[str, float] = {}
     n_samples: dict[str, int] = {}
@@ -202,13 +235,9 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         for target, label in enumerate(victim.label_names):
             bar.set_postfix(label=label)
             pool = [t for t, y in zip(clean.texts, clean.labels) if y != target]
-            if not pool:
-                continue
-            already = predict(victim, pool) == target
+            texts, base_rates[label] = _sample_not_predicted(victim, pool, target, config.samples, rng, precision,
+                                                             config.batch_size)
             bar.update()
-            base_rates[label] = round(float(already.mean()), 4)
-            pool = [t for t, a in zip(pool, already) if not a]
-            texts = [pool[i] for i in rng.permutation(len(pool))[:config.samples]]
             n_samples[label] = len(texts)
             if not texts:
                 continue
@@ -216,7 +245,8 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             chosen: list[int] = []
             at = None
             for _ in range(config.rounds):
-                signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at)
+                signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at,
+                                          precision=precision)
                 signal[~torch.from_numpy(allowed)] = -torch.inf
                 order = torch.argsort(signal, descending=True)[:5000].tolist()
                 for r, i in enumerate(order):
@@ -228,31 +258,33 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 masked = drift.clone()
                 masked[~torch.from_numpy(allowed)] = -torch.inf
                 chosen += [i for i in torch.topk(masked, config.reference_candidates).indices.tolist() if i not in chosen]
-            words = [word_of(victim, i) for i in chosen]
-            insert = {w: insert_words([w], seed=config.seed + 1) for w in words}
+            words = {i: word_of(victim, i) for i in chosen}
 
-            def flip_rate(word: str, sample: list[str]) -> float:
-                bar.update()
-                return float(np.mean(predict(victim, [insert[word](t) for t in sample]) == target))
+            def flips(ids: list[int], sample: list[str]) -> np.ndarray:
+                """Per candidate: how many texts of `sample` it flips to `target` (one batched pass)."""
+                inserted = [insert_words([words[i]], seed=config.seed + 1)(t) for i in ids for t in sample]
+                pred = predict(victim, inserted, batch_size=config.batch_size, precision=precision)
+                bar.update(len(ids))
+                return (pred.reshape(len(ids), len(sample)) == target).sum(axis=1)
 
-            def evidence(token_id: int) -> tuple[int, float | None, bool]:
-                n = counts.get(token_id, 0)
-                share = by_label[target].get(token_id, 0) / n if n else None
-                return n, share, n >= config.task_word_count and share is not None and share >= config.task_word_share
-
-            kept = list(zip(chosen, words))
+            kept = list(chosen)
             screening = 0 < config.screen_samples < len(texts) and len(kept) > config.verify
-            bar.total += len(kept) + config.verify if screening else len(kept)  # the flip rates measured
+            bar.total += len(kept) + config.verify if screening else len(kept)  # the candidates measured
+            screened = {}
             if screening:
-                screen = texts[:config.screen_samples]  # already a random draw
+                screen, rest = texts[:config.screen_samples], texts[config.screen_samples:]  # already a random draw
+                screened = dict(zip(kept, flips(kept, screen)))
                 # task words cannot be the verdict, so they do not take the places; ties as in the final order
-                drifts = {i: 0.0 if drift is None else float(drift[i]) for i in chosen}
-                kept.sort(key=lambda item: (evidence(item[0])[2], -flip_rate(item[1], screen), -drifts[item[0]]))
+                kept.sort(key=lambda i: (evidence(i, target)[2], -screened[i], -(0.0 if drift is None else float(drift[i]))))
                 kept = kept[:config.verify]
-            for token_id, word in kept:
-                rate = flip_rate(word, texts)
-                n, share, task = evidence(token_id)
-                tokens.append(TokenEvidence(word, label, round(rate, 4), rank.get(token_id),
+                # the verified effect counts the screening texts too: the same texts as without screening
+                total = np.array([screened[i] for i in kept]) + flips(kept, rest)
+            else:
+                total = flips(kept, texts)
+            for token_id, hits in zip(kept, total):
+                n, share, task = evidence(token_id, target)
+                tokens.append(TokenEvidence(words[token_id], label, round(float(hits) / len(texts), 4),
+                                            rank.get(token_id),
                                             None if drift is None else round(float(drift[token_id]), 4), n,
                                             None if share is None else round(share, 4), task))
     if not tokens:
@@ -266,4 +298,5 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                       target_id=victim.label_names.index(top.label), tokens=tokens[:config.report],
                       base_rates=base_rates, n_samples=n_samples,
                       reference=None if reference is None else str(reference),
-                      seconds=round(time.perf_counter() - start, 1), config=config.model_dump())
+                      seconds=round(time.perf_counter() - start, 1), precision=precision,
+                      config=config.model_dump())

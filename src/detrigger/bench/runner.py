@@ -91,7 +91,7 @@ def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) 
     from detrigger.evaluation import evaluate
     from detrigger.models import load_victim
 
-    if threads:  # a Ray worker defaults to one thread: match the driver so results are identical
+    if threads:  # a Ray task: the CPUs it asked for, the driver's count, so its results equal a local run's
         torch.set_num_threads(threads)
     start = time.perf_counter()
     splits, clean, folder = cell_models(spec, cell)
@@ -241,8 +241,11 @@ def _run_ray(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[dict
              runtime_env={"env_vars": env})
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_cell)
-        threads = torch.get_num_threads()
+        # each task asks for as many CPUs as it runs threads: tasks never share cores (oversubscribed torch
+        # threads slow every task many times over), and its results equal the local executor's
+        biggest = max(int(n["Resources"].get("CPU", 1)) for n in ray.nodes() if n["Alive"])
+        threads = max(1, min(torch.get_num_threads(), biggest))  # a task no node can hold would wait forever
+        task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_cell)
         pending = {task.remote(spec, cell, key, threads): (key, cell) for key, cell in todo}
         with _bar(len(todo), progress) as bar:
             while pending:

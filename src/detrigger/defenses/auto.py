@@ -39,7 +39,8 @@ from detrigger.attacks.triggers import insert_sentence
 from detrigger.batching import encode
 from detrigger.data.dataset import TextDataset
 from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.defenses.epur import EMBEDDINGS, reset_rows
+from detrigger.defenses.epur import reset_rows
+from detrigger.models.arch import embedding_key
 from detrigger.defenses.mixing import mix_weights
 from detrigger.evaluation.metrics import accuracy, predict
 from detrigger.models.victim import Victim, load_encoder_state
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 class AutoConfig(DefenceConfig):
-    scan: ScanConfig = Field(ScanConfig(samples=100, screen_samples=30),
+    scan: ScanConfig = Field(ScanConfig(samples=100),
                              description="the scan before and after (threshold: calibrated on clean models); half "
                                          "the calibration's texts, for time: a trigger flips all of them")
     max_rounds: int = Field(3, ge=1, description="unlearning rounds while the re-scan still flags the model")
@@ -77,7 +78,7 @@ def _usable_reference(victim: Victim, context: Context) -> dict[str, torch.Tenso
     if context.reference is None:
         return None
     state = load_encoder_state(context.reference)
-    rows = state.get(EMBEDDINGS)
+    rows = state.get(embedding_key(victim.model))
     return state if rows is not None and rows.shape == victim.model.get_input_embeddings().weight.shape else None
 
 

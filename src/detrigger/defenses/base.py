@@ -121,6 +121,8 @@ DEFENCES: dict[str, Defence] = {}
 
 def register(name: str, config: type[DefenceConfig], needs_reference: bool, summary: str) -> Callable[[DefenceFn], DefenceFn]:
     def wrap(fn: DefenceFn) -> DefenceFn:
+        if name in DEFENCES:  # a second definition would silently replace the first
+            raise ValueError(f"defence {name!r} is registered twice ({DEFENCES[name].fn.__module__} and {fn.__module__})")
         DEFENCES[name] = Defence(name, fn, config, needs_reference, summary)
         return fn
     return wrap
