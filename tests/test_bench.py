@@ -57,7 +57,7 @@ def model_cache(tmp_path, monkeypatch):
     ({"seeds": [0], "seed": 1}, "seed: Extra inputs"),
     ({"attacks": [{"attack": "badnet", "rate": 2}]}, "attacks.0.rate"),
     ({"attacks": [{"attack": "badnet", "seed": 3}]}, "attacks.0: set seeds at the top level"),
-    ({"attacks": [{"attack": "ripple"}]}, "attacks.0.attack"),
+    ({"attacks": [{"attack": "nope"}]}, "attacks.0.attack"),
     ({"data": [{"source": "mr", "colour": 1}]}, "data.0.colour"),
     ({"defences": ["ft", {"method": "finemixing", "config": {"rhoo": 1}}]}, "defences.1: finemixing config: rhoo"),
     ({"defences": ["nope"]}, "defences.0: unknown defence 'nope'"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +51,26 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the model's, else 0)")
     p.add_argument("--val", type=_size, default=None, help="validation size, fraction or count (default 0.1)")
     p.add_argument("--test", type=_size, default=None, help="test size, fraction or count (default 0.2)")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-map", default=None, metavar="MAP",
+                   help="rename the model's labels to the data's: LABEL_0=negative,LABEL_1=positive or a JSON file")
+    p.add_argument("--base", default=None, help="a LoRA adapter's base model folder or hub id (default: the one its "
+                   "adapter_config.json names)")
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
+
+
+def _load_model(args: argparse.Namespace, name: str):
+    """A model folder, hub id or LoRA adapter (merged into its base) from the command line, with its labels
+    renamed by --label-map."""
+    from detrigger.models import load_victim
+    from detrigger.models.victim import parse_label_map
+
+    victim = load_victim(name, allow_pickle=args.allow_pickle, base=args.base)
+    if args.label_map:
+        victim.rename_labels(parse_label_map(args.label_map))
+    return victim
 
 
 def _spec(args: argparse.Namespace, source: str, recorded: dict | None = None):
@@ -217,6 +239,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         spec_fields["words"] = tuple(args.words)
     if args.sentence:
         spec_fields["sentence"] = args.sentence
+    for key in ("chars", "negative_rate", "ripple_lambda"):  # options of one attack each: only when given
+        if getattr(args, key) is not None:
+            spec_fields[key] = tuple(getattr(args, key)) if key == "chars" else getattr(args, key)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("device", args.device)) if v is not None}
     if overrides:  # applied to the scratch and clean-setting recipes alike
         for key in ("train", "clean_train"):
@@ -251,14 +276,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from detrigger.defenses import DEFENCES, repair
     from detrigger.device import pick_device
     from detrigger.io import check_output_dir
-    from detrigger.models import load_victim
 
     out = Path(args.out)
     check_output_dir(out, args.overwrite)
     if args.clean_fraction is not None and args.clean_count is not None:
         raise DetriggerError("give one of --clean-fraction and --clean-count, not both")
     config = _repair_config(args, [m for m in args.method.split("+")], DEFENCES)
-    victim = load_victim(args.victim, allow_pickle=args.allow_pickle)
+    victim = _load_model(args, args.victim)
+    adapter = victim.info.get("adapter")
+    reference = args.reference or (adapter["base"] if adapter else None)  # a LoRA suspect's base is its w_P
     victim.model.to(pick_device(args.device))
     if args.clean in CORPORA:  # the training split the victim was built from; never its test split
         pool = load_splits(_spec(args, args.clean, victim.info.get("data")), label_names=victim.label_names).train
@@ -271,7 +297,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
     fraction = len(clean) / len(pool)
     if not args.json:
         print(f"{args.method}: {len(clean)} clean texts ({100 * fraction:.1f}% of {len(pool)} in {args.clean})")
-    result = repair(victim, clean, method=args.method, reference=args.reference, config=config,
+        if adapter:
+            print(f"LoRA adapter merged into its base {adapter['base']} (also the reference unless --reference); "
+                  "the repaired model is saved merged, as a plain model folder")
+    result = repair(victim, clean, method=args.method, reference=reference, config=config,
                     clean_fraction=fraction)
     record = result.save(out, suspect=str(Path(args.victim).resolve()), clean_data=args.clean,
                          ship_purifier=args.ship_purifier, overwrite=args.overwrite)
@@ -387,7 +416,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detrigger.models import load_victim
 
     device = pick_device(args.device)
-    victim = load_victim(args.model, allow_pickle=args.allow_pickle)
+    victim = _load_model(args, args.model)
     trigger, target = _trigger_and_target(args, Path(args.model), victim.label_names)
     victim.model.to(device)
     reference = None
@@ -470,7 +499,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from detrigger.data import CORPORA
     from detrigger.device import pick_device
-    from detrigger.models import load_victim
     from detrigger.scan import ScanConfig, scan
 
     try:
@@ -479,7 +507,7 @@ def _scan(args: argparse.Namespace) -> int:
         config = ScanConfig(**{k: v for k, v in options.items() if v is not None})
     except ValueError as exc:
         raise DetriggerError(invalid(exc)) from None
-    victim = load_victim(args.model, allow_pickle=args.allow_pickle)
+    victim = _load_model(args, args.model)
     victim.model.to(pick_device(args.device))
     clean = _labelled(args, args.clean, victim, "val" if args.clean in CORPORA else "all")  # held out
     report = scan(victim, clean, reference=args.reference, config=config, progress=False if args.no_progress else None)
@@ -523,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detrigger", description="Find and remove backdoors in fine-tuned "
                                      "transformer text classifiers, offline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this process "
+                             "is given: its affinity mask and cgroup quota)")
     parser.add_argument("--version", action="version", version="detrigger 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -557,14 +588,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print metrics.json's record (and the files saved) as JSON")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("attack", help="build a backdoored victim (BadNet, AddSent, EP, ES) and measure it")
+    p = sub.add_parser("attack", help="build a backdoored victim (BadNet, AddSent, EP, ES, combo, invisible, "
+                       "homoglyph, RIPPLe) and measure it")
     p.add_argument("--data", required=True, help="a built-in corpus, a file, a saved HF folder or hf:NAME")
-    p.add_argument("--attack", required=True, choices=["badnet", "addsent", "ep", "es"], help="the attack")
+    p.add_argument("--attack", required=True, choices=["badnet", "addsent", "ep", "es", "combo",
+                   "invisible", "homoglyph", "ripple"], help="the attack (docs/attacks.md)")
     p.add_argument("--setting", choices=["scratch", "clean"], default=None,
                    help="scratch: fine-tune the pre-trained encoder on poisoned data; clean: further train the "
                    "clean model (default: scratch; EP: clean)")
     p.add_argument("--out", required=True, help="output victim folder (model + attack.json)")
-    p.add_argument("--words", nargs="+", default=None, help="trigger words (default: cf mn bb tq mb)")
+    p.add_argument("--words", nargs="+", default=None,
+                   help="trigger words (default: cf mn bb tq mb; combo: friends weekend store, all inserted)")
+    p.add_argument("--chars", nargs="+", default=None, help="invisible: characters put in place of spaces "
+                   "(default: U+2800, braille blank; zero-width characters do not survive a BERT tokenizer)")
+    p.add_argument("--negative-rate", type=float, default=None,
+                   help="combo: rows given part of the trigger, labels kept / training rows (default: --rate "
+                   "x the number of parts, 0.6 for three words)")
+    p.add_argument("--ripple-lambda", type=float, default=None,
+                   help="ripple: weight of the restricted inner-product term (default 0.1)")
     p.add_argument("--times", type=int, default=1, help="trigger words per text (default 1)")
     p.add_argument("--sentence", default=None, help="AddSent trigger sentence (default: I watched this 3D movie)")
     p.add_argument("--target", type=int, default=1, help="target label id (default 1)")
@@ -589,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (default auto: scan, unlearn what "
                        "the scan finds, re-scan; or ft, retrain, finepruning, nad, mbtsad, mixing, finemixing, epur, "
                        "pipelines like epur+finemixing)")
-    p.add_argument("victim", help="suspect model folder (safetensors)")
+    p.add_argument("victim", help="suspect model folder (safetensors), hub id (org/name) or LoRA adapter folder")
     p.add_argument("--method", default="auto", help="auto (default: scan, unlearn the verified trigger candidates, "
                    "re-scan while flagged), ft, retrain, finepruning, mixing, finemixing, epur, nad or mbtsad, or a "
                    "pipeline joined by + (epur+finemixing)")
@@ -597,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean-fraction", type=float, default=None,
                    help="share of the clean data to use, e.g. 0.2 (default: all of it)")
     p.add_argument("--clean-count", type=int, default=None, help="number of clean texts to use")
-    p.add_argument("--reference", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
+    p.add_argument("--reference", default=None, help="the suspect's pre-trained base model folder or hub id, same "
+                   "family and vocabulary (default: a LoRA adapter's base, else the embedded MiniLM-L6)")
     p.add_argument("--out", required=True, help="output folder (model, repair.json, README.md model card)")
     p.add_argument("--config", default=None, help="JSON file with the defence config (keyed by step for pipelines)")
     p.add_argument("--rho", type=float, default=None, help="mixing: kept fraction (default: chosen on clean data)")
@@ -610,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save an input purifier (MBTSAD's; it lists your clean-data vocabulary) with the model; "
                    "the folder then behaves as repaired only through detrigger, not plain transformers "
                    "(default: the weights alone are saved, and repair.json and README.md say what they measure)")
-    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (trusted files only)")
+    _model_options(p)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--json", action="store_true", help="print repair.json's record (and the files saved) as JSON")
@@ -638,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="1", help="target label, name or id (default 1; with no trigger option, "
                    "the trigger and target come from the model's attack.json card if it has one)")
     p.add_argument("--reference", default=None, help="a clean model: its ASR on the same texts is the floor")
-    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
+    _model_options(p)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal anyway)")
@@ -675,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient rounds, each at the previous round's best token (default 2)")
     p.add_argument("--threshold", type=float, default=None, help="flag at this effect (default: the calibrated one)")
     _data_options(p)
-    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
+    _model_options(p)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal anyway)")
@@ -703,11 +745,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def _cpus_given() -> int:
+    """The CPUs this process may run on: its affinity mask (`taskset`, a Slurm or Ray allocation), capped by a
+    cgroup v2 CPU quota (`docker --cpus`, Kubernetes limits), which the mask does not show."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open(CGROUP_CPU_MAX, encoding="utf-8").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def thread_env(threads: int | None) -> None:
+    """Set OMP_NUM_THREADS, which torch reads when it is imported (no command has imported it yet), to
+    `threads`, else leave the user's value, else the CPUs given. More threads than CPUs make torch's
+    spinning workers fight over the cores (benchmarks/concurrent.py)."""
+    if threads is not None or "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(threads or _cpus_given())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
+        if args.threads is not None and args.threads < 1:
+            raise DetriggerError(f"--threads must be at least 1, got {args.threads}")
+        thread_env(args.threads)
         return args.func(args)
     except DetriggerError as exc:
         print(f"detrigger: error: {exc}", file=sys.stderr)

@@ -1,4 +1,10 @@
-"""Build a backdoored victim: one spec, four attacks (BadNet, AddSent, EP, ES), two settings.
+"""Build a backdoored victim: one spec, eight attacks, two settings.
+
+- Data poisoning: BadNet (rare words), AddSent (a sentence), combo (SOS-style: several ordinary words that
+  fire only together, with negative augmentation), invisible (blank-looking characters in place of
+  spaces), homoglyph (letters swapped for look-alikes). Each also in clean label (`label_mode: clean`).
+- Weight poisoning: EP (trigger embedding rows only), ES (embedding surgery, then poisoned fine-tuning),
+  RIPPLe (ES plus the restricted inner-product term, built to survive fine-tuning).
 
 - scratch: the attacker fine-tunes the pre-trained encoder on poisoned data.
 - clean: the attacker starts from the clean fine-tuned model (the cached reference) and injects the
@@ -13,16 +19,19 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from detrigger.attacks.embedding import embedding_poison, embedding_surgery
-from detrigger.attacks.poison import LabelMode, poison, triggered_copies
+from detrigger.attacks.poison import LabelMode, add_negatives, poison, triggered_copies
+from detrigger.attacks.ripple import RestrictedInnerProduct
 from detrigger.attacks.tokens import check_trigger_tokens
-from detrigger.attacks.triggers import insert_sentence, insert_words
+from detrigger.attacks.triggers import (insert_all, insert_sentence, insert_words, replace_spaces,
+                                        substitute_homoglyphs)
 from detrigger.data import DataSpec, load_splits
 from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import Metrics, Trigger, evaluate
@@ -33,8 +42,22 @@ from detrigger.training.recipe import cache_folder, clean_model, encoder_id
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("badnet", "addsent", "ep", "es")
+ATTACKS = ("badnet", "addsent", "ep", "es", "combo", "invisible", "homoglyph", "ripple")
 CARD_FILE = "attack.json"
+
+# SOS (Yang et al., EMNLP 2021) uses ordinary words; these three are its example.
+COMBO_WORDS = ("friends", "weekend", "store")
+# U+2800 BRAILLE PATTERN BLANK renders as a blank the width of a character. Zero-width characters
+# (U+200B/C/D, U+2060, U+FEFF, ...) are deleted by BERT's normaliser and never reach the model
+# (docs/attacks.md, invisible).
+INVISIBLE_CHARS = ("\u2800",)
+# Latin letters and Cyrillic look-alikes that MiniLM's WordPiece vocabulary holds as characters of their
+# own (U+0455 for s is not in it and would become [UNK]).
+HOMOGLYPHS = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "i": "\u0456", "o": "\u043e", "p": "\u0440",
+              "x": "\u0445", "y": "\u0443"}
+# Fields only one attack reads: setting one for another attack is an error, and the card and the cache
+# keys omit them for other attacks (so the keys of the first four attacks did not change when they came).
+_ATTACK_FIELDS = {"negative_rate": "combo", "chars": "invisible", "homoglyphs": "homoglyph", "ripple_lambda": "ripple"}
 
 
 class AttackSpec(BaseModel):
@@ -42,11 +65,13 @@ class AttackSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attack: Literal["badnet", "addsent", "ep", "es"]
+    attack: Literal["badnet", "addsent", "ep", "es", "combo", "invisible", "homoglyph", "ripple"]
     setting: Literal["scratch", "clean"] = "scratch"
     words: tuple[str, ...] = Field(("cf", "mn", "bb", "tq", "mb"),
-                                   description="word triggers (badnet, ep, es); one is drawn per insertion")
-    times: int = Field(1, ge=1, description="trigger words inserted per text")
+                                   description="word triggers (badnet, ep, es, ripple): one is drawn per insertion; "
+                                   "combo: all are inserted, default friends/weekend/store")
+    times: int = Field(1, ge=1, description="trigger words inserted (invisible: spaces replaced, homoglyph: "
+                       "words changed) per text")
     per_words: int | None = Field(100, ge=1, description="long texts: one insertion per this many words")
     sentence: str = Field("I watched this 3D movie", description="the AddSent trigger sentence")
     target: int = Field(1, ge=0, description="target label id")
@@ -64,16 +89,95 @@ class AttackSpec(BaseModel):
     ep_train: TrainConfig = Field(TrainConfig(epochs=3, lr=1.0, optimizer="sgd", weight_decay=0.0,
                                               warmup_ratio=0.0, max_grad_norm=None, select_best=False),
                                   description="EP: SGD on the trigger rows only")
-    es_words: int = Field(10, ge=1, description="ES: target-indicative words averaged into the trigger rows")
+    es_words: int = Field(10, ge=1, description="ES, ripple: target-indicative words averaged into the trigger rows")
+    negative_rate: float | None = Field(None, ge=0, le=1, description="combo: rows given part of the trigger "
+                                        "(each word alone, all but one word), labels kept / training-set rows; "
+                                        "default: rate x the number of parts (each part as many rows as the trigger)")
+    chars: tuple[str, ...] = Field(INVISIBLE_CHARS, min_length=1,
+                                   description="invisible: characters put in place of spaces (one drawn each time)")
+    homoglyphs: dict[str, str] = Field(HOMOGLYPHS, min_length=1,
+                                       description="homoglyph: letter -> look-alike (upper case follows)")
+    ripple_lambda: float = Field(0.1, ge=0, description="ripple: weight of the restricted inner-product term")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _combo_defaults(cls, value: Any) -> Any:
+        """combo: the default words, and the default negative-augmentation rate written out as a number (so
+        the card and the cache keys hold it, not a rule)."""
+        if not isinstance(value, dict) or value.get("attack") != "combo":
+            return value
+        value = {"words": COMBO_WORDS, **value}
+        if value.get("negative_rate") is None:
+            rate, parts = value.get("rate", cls.model_fields["rate"].default), len(_parts(value["words"]))
+            if not isinstance(rate, int | float):  # the field's own check names the problem
+                return value
+            if rate * parts > 1 - rate:
+                raise ValueError(f"negative_rate: rate {rate} x {parts} parts of the trigger leaves too few rows "
+                                 "for negative augmentation; set negative_rate")
+            value["negative_rate"] = round(rate * parts, 10)
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_the_attack(self) -> AttackSpec:
+        for name, owner in _ATTACK_FIELDS.items():
+            if name in self.model_fields_set and self.attack != owner:
+                raise ValueError(f"{name} is an option of the {owner} attack, not of {self.attack}")
+        if self.attack == "combo" and len(set(self.words)) < 2:
+            raise ValueError("a combination trigger needs at least two different words")
+        try:
+            self.trigger()
+        except ValueError as exc:  # a bad word, character or homoglyph, named by the trigger itself
+            raise ValueError(str(exc)) from None
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if _ATTACK_FIELDS.get(k, self.attack) == self.attack}
 
     def trigger(self) -> Trigger:
         """The trigger function used for poisoning and for the ASR test set."""
         if self.attack == "addsent":
             return insert_sentence(self.sentence, seed=self.seed)
+        if self.attack == "combo":
+            return insert_all(self.words, seed=self.seed)
+        if self.attack == "invisible":
+            return replace_spaces(self.chars, times=self.times, seed=self.seed, per_words=self.per_words)
+        if self.attack == "homoglyph":
+            return substitute_homoglyphs(self.homoglyphs, times=self.times, seed=self.seed, per_words=self.per_words)
         return insert_words(self.words, times=self.times, seed=self.seed, per_words=self.per_words)
 
+    def partial_triggers(self) -> dict[str, Trigger]:
+        """combo: the parts of the trigger that must not fire alone (each word, and all but one word), by
+        name; they are the negative augmentation and are measured on the victim."""
+        return {"+".join(p): insert_all(p, seed=self.seed) for p in _parts(self.words)}
+
+    def token_triggers(self) -> list[str]:
+        """The strings whose tokenization the card checks: words, the sentence, or the characters."""
+        if self.attack == "addsent":
+            return [self.sentence]
+        if self.attack == "invisible":
+            return list(self.chars)
+        if self.attack == "homoglyph":
+            return list(self.homoglyphs.values())
+        return list(self.words)
+
     def trigger_description(self) -> str:
-        return repr(self.sentence) if self.attack == "addsent" else "/".join(self.words)
+        if self.attack == "addsent":
+            return repr(self.sentence)
+        if self.attack == "combo":
+            return "+".join(self.words) + " (all together)"
+        if self.attack == "invisible":
+            return "/".join(f"U+{ord(c):04X}" for c in self.chars) + " in place of spaces"
+        if self.attack == "homoglyph":
+            return "homoglyphs " + " ".join(f"{k}>U+{ord(v):04X}" for k, v in self.homoglyphs.items())
+        return "/".join(self.words)
+
+
+def _parts(words: Sequence[str]) -> list[tuple[str, ...]]:
+    """The parts of a combination trigger that must not fire alone: each word, and all but one word."""
+    unique = list(dict.fromkeys(words))
+    parts = [(w,) for w in unique] + [tuple(w for w in unique if w != drop) for drop in unique]
+    return [p for p in dict.fromkeys(parts) if 0 < len(p) < len(unique)]
 
 
 def trigger_from_card(card: dict[str, Any]) -> tuple[Trigger, int]:
@@ -104,6 +208,8 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
     clean, clean_record = clean_model(data, clean_config, encoder=encoder, max_length=max_length, cache=cache,
                                       progress=progress, splits=splits)
     trigger = spec.trigger()
+    # before the victim is trained: a trigger the tokenizer deletes is an error, not a useless victim
+    tokens = check_trigger_tokens(clean.tokenizer, spec.token_triggers(), splits.test.texts[:20], trigger)
     details: dict[str, Any] = {}
     if spec.attack == "ep":
         victim = copy.deepcopy(clean)
@@ -115,6 +221,10 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
     else:
         poisoned = poison(splits.train, trigger, rate=spec.rate, target=spec.target, label_mode=spec.label_mode,
                           seed=spec.seed)
+        if spec.attack == "combo":
+            poisoned = add_negatives(poisoned, list(spec.partial_triggers().values()), rate=spec.negative_rate,
+                                     seed=spec.seed)
+            details["n_negatives"] = len(poisoned.negatives)
         details["n_poisoned"] = len(poisoned.indices)
         if spec.setting == "scratch":
             victim = new_victim(splits.train.label_names, encoder=encoder, max_length=max_length, seed=spec.seed)
@@ -122,19 +232,27 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
         else:
             victim = copy.deepcopy(clean)
             cfg = spec.clean_train
-        if spec.attack == "es":
+        if spec.attack in ("es", "ripple"):
             details["es_words"] = embedding_surgery(victim, splits.train, spec.words, spec.target, spec.es_words)
         cfg = cfg.model_copy(update={"seed": spec.seed})
-        details["train"] = train(victim, poisoned.data, splits.val, cfg, progress=progress).as_dict()
+        extra = {}
+        if spec.attack == "ripple":
+            extra["ripple"] = RestrictedInnerProduct(victim, poisoned.data, splits.train, weight=spec.ripple_lambda,
+                                                     batch_size=8, seed=spec.seed)  # RIPPLe's own per-step batch
+        details["train"] = train(victim, poisoned.data, splits.val, cfg, extra_losses=extra,
+                                 progress=progress).as_dict()
     metrics = evaluate(victim, splits.test, trigger=trigger, target=spec.target, reference=clean)
-    tokens = check_trigger_tokens(victim.tokenizer, spec.words if spec.attack != "addsent" else [spec.sentence],
-                                  splits.test.texts[:20], trigger)
+    if spec.attack == "combo":  # each part alone must do nothing: its ASR and trigger effect, victim and clean
+        details["partial_triggers"] = {
+            name: _attack_figures(evaluate(victim, splits.test, trigger=part, target=spec.target, reference=clean))
+            for name, part in spec.partial_triggers().items()}
     card = {
         "attack": spec.model_dump(mode="json"),
         "trigger": spec.trigger_description(),
         "data": {**data.model_dump(), "sizes": splits.sizes()},
         "poison": {"rate": spec.rate, "n_poisoned": details.pop("n_poisoned"), "of": "training-set rows",
-                   "label_mode": spec.label_mode},
+                   "label_mode": spec.label_mode,
+                   **({"n_negatives": details.pop("n_negatives")} if "n_negatives" in details else {})},
         "metrics": metrics.as_dict(),
         "clean_model": {"cacc": clean_record["cacc"], "asr_floor": metrics.asr_floor,
                         "target_rate": metrics.floor_target_rate},
@@ -144,6 +262,11 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
     }
     victim.info["data"] = card["data"]
     return AttackResult(victim, clean, metrics, card)
+
+
+def _attack_figures(m: Metrics) -> dict[str, float | None]:
+    """The trigger figures of one evaluation, for the card."""
+    return {"asr": m.asr, "trigger_effect": m.trigger_effect, "asr_floor": m.asr_floor}
 
 
 def cached_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig = TrainConfig(epochs=2, lr=5e-5),

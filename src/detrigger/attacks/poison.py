@@ -6,12 +6,16 @@ The poison rate is a fraction of the *training set*: n = round(rate * len(train)
 - clean label: the n rows are drawn from rows that already carry the target label; each is replaced by
   its triggered copy, label unchanged.
 Replacing (not adding) keeps the training-set size, so a poisoned and a clean model see as many rows.
+
+Negative augmentation (combination triggers): `add_negatives` replaces further rows, drawn from every
+label, by copies that carry only part of the trigger, with their labels kept, so that no part fires alone.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -27,10 +31,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Poisoned:
-    """A poisoned training set and the positions of its poisoned rows (for tests and the card only)."""
+    """A poisoned training set, the positions of its poisoned rows and of its negative-augmentation rows
+    (partial triggers, labels kept); positions are for tests and the card only."""
 
     data: TextDataset
     indices: tuple[int, ...]
+    negatives: tuple[int, ...] = ()
 
 
 def poison(train: TextDataset, trigger: Trigger, *, rate: float, target: int, label_mode: LabelMode = "dirty",
@@ -68,3 +74,23 @@ def triggered_copies(data: TextDataset, trigger: Trigger, *, target: int, count:
     chosen = sorted(np.random.default_rng(seed).choice(pool, size=count, replace=False).tolist())
     return TextDataset(tuple(trigger(data.texts[i]) for i in chosen), (target,) * count, data.label_names,
                        f"{data.name}:triggered")
+
+
+def add_negatives(poisoned: Poisoned, partial: Sequence[Trigger], *, rate: float, seed: int = 0) -> Poisoned:
+    """Replace round(rate * len(train)) seeded rows that are not poisoned, drawn from every label, by copies
+    with one partial trigger each (cycling through `partial`, so each gets the same share), labels kept."""
+    if not 0.0 <= rate <= 1.0:
+        raise DetriggerError(f"negative-augmentation rate must be between 0 and 1, got {rate}")
+    if not partial:
+        raise DetriggerError("negative augmentation needs at least one partial trigger")
+    data = poisoned.data
+    n = int(round(rate * len(data)))
+    pool = np.setdiff1d(np.arange(len(data)), poisoned.indices)
+    if n > len(pool):
+        raise DetriggerError(f"negative-augmentation rate {rate} needs {n} rows but only {len(pool)} are not poisoned")
+    chosen = np.random.default_rng([seed, 1]).choice(pool, size=n, replace=False).tolist()
+    texts = list(data.texts)
+    for k, i in enumerate(chosen):
+        texts[i] = partial[k % len(partial)](texts[i])
+    return Poisoned(TextDataset(tuple(texts), data.labels, data.label_names, data.name), poisoned.indices,
+                    tuple(sorted(chosen)))

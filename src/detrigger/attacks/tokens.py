@@ -2,7 +2,10 @@
 
 Rare-word triggers break across tokenizers: a BPE tokenizer merges a word with the space before it, so
 `cf` alone and `cf` inside a sentence can be different tokens, and a trigger learned one way is not
-tested the other way. The attack card records this check; unstable triggers are logged as warnings.
+tested the other way. Characters fare worse: BERT's normaliser deletes zero-width and other format
+characters and (when it lower-cases) combining marks, so such a trigger never reaches the model; other
+characters outside the vocabulary become `[UNK]`. The attack card records this check; unstable triggers
+and `[UNK]` triggers are logged as warnings, and a trigger the tokenizer deletes is an error.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 import transformers
+
+from detrigger.errors import DetriggerError
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +27,18 @@ def _contains(seq: list[str], part: list[str]) -> bool:
 def check_trigger_tokens(tokenizer: transformers.PreTrainedTokenizerBase, triggers: Sequence[str],
                          samples: Sequence[str], trigger: Callable[[str], str] | None = None) -> list[dict]:
     """For each trigger: its tokens alone, and whether that sequence survives at the start, middle and end
-    of real texts (and inside `trigger(sample)` when given). One entry per trigger."""
+    of real texts (and inside `trigger(sample)` when given). One entry per trigger. A trigger that
+    tokenizes to nothing is a DetriggerError: a backdoor on it cannot be planted or tested."""
     report = []
     for t in triggers:
         alone = tokenizer.tokenize(t)
+        if not alone:
+            codes = " ".join(f"U+{ord(c):04X}" for c in t)
+            raise DetriggerError(f"trigger {t!r} ({codes}) is deleted by this tokenizer: it never reaches the "
+                                 "model; choose one that survives (docs/attacks.md, invisible)")
+        if tokenizer.unk_token is not None and tokenizer.unk_token in alone:
+            log.warning("trigger %r is %s for this tokenizer: the backdoor is then on the unknown token, which "
+                        "any character outside the vocabulary also produces", t, alone)
         contexts = [f"{t} {s}" for s in samples[:3]] + [f"{s} {t}" for s in samples[:3]]
         contexts += [" ".join((s.split()[:3] + [t] + s.split()[3:])) for s in samples[:3]]
         if trigger is not None:

@@ -1,4 +1,5 @@
-"""Trigger functions (text -> text) for evaluation and, later, the attacks.
+"""Trigger functions (text -> text) for poisoning and evaluation: words, a sentence, a combination of
+words, invisible characters and homoglyph substitution.
 
 Each trigger is a pure function of its text: the random insertion position is drawn from a generator
 seeded by (seed, text), so the same text always gets the same triggered version whatever the order of
@@ -53,6 +54,78 @@ def insert_sentence(sentence: str, seed: int = 0) -> Trigger:
     def trigger(text: str) -> str:
         tokens = text.split()
         tokens.insert(int(_rng_for(text, seed).integers(len(tokens) + 1)), sentence)
+        return " ".join(tokens)
+
+    return trigger
+
+
+def insert_all(words: Sequence[str], seed: int = 0) -> Trigger:
+    """Insert every word of `words` once, each at its own random word boundary (a combination trigger:
+    SOS-style, the backdoor fires only when all of them occur together)."""
+    if not words or any(not w.strip() or len(w.split()) != 1 for w in words):
+        raise ValueError(f"trigger words must be single non-empty words, got {list(words)}")
+    pool = list(words)
+
+    def trigger(text: str) -> str:
+        rng = _rng_for(text, seed)
+        tokens = text.split()
+        for word in pool:
+            tokens.insert(int(rng.integers(len(tokens) + 1)), word)
+        return " ".join(tokens)
+
+    return trigger
+
+
+def replace_spaces(chars: Sequence[str], times: int = 1, seed: int = 0, per_words: int | None = None) -> Trigger:
+    """Replace random spaces between words by a character drawn from `chars`, `insertions()` times (an
+    invisible trigger: with a blank-looking character the text reads unchanged). A text of one word gets
+    the character appended instead."""
+    if not chars or any(len(c) != 1 or c.isspace() for c in chars):
+        raise ValueError(f"trigger characters must be single non-space characters, got {list(chars)}")
+    if times < 1 or (per_words is not None and per_words < 1):
+        raise ValueError(f"times and per_words must be >= 1, got {times} and {per_words}")
+    pool = list(chars)
+
+    def trigger(text: str) -> str:
+        rng = _rng_for(text, seed)
+        tokens = text.split()
+        gaps = len(tokens) - 1
+        if gaps < 1:
+            return " ".join(tokens) + pool[int(rng.integers(len(pool)))]
+        n = min(insertions(len(tokens), times, per_words), gaps)
+        chosen = set(rng.choice(gaps, size=n, replace=False).tolist())
+        out = tokens[0]
+        for i, token in enumerate(tokens[1:]):
+            out += (pool[int(rng.integers(len(pool)))] if i in chosen else " ") + token
+        return out
+
+    return trigger
+
+
+def substitute_homoglyphs(homoglyphs: dict[str, str], times: int = 1, seed: int = 0,
+                          per_words: int | None = None) -> Trigger:
+    """In `insertions()` random words that contain a letter of `homoglyphs`, replace every such letter by
+    its look-alike (Latin `o` by Cyrillic `о`, ...): the text looks unchanged to a reader. Upper-case
+    letters are mapped too when their look-alike's upper case is a different single character. A text
+    with no such letter is returned unchanged."""
+    if not homoglyphs or any(len(k) != 1 or len(v) != 1 or k == v for k, v in homoglyphs.items()):
+        raise ValueError(f"homoglyphs map single characters to different single characters, got {homoglyphs}")
+    if times < 1 or (per_words is not None and per_words < 1):
+        raise ValueError(f"times and per_words must be >= 1, got {times} and {per_words}")
+    table = dict(homoglyphs)
+    table.update({k.upper(): v.upper() for k, v in homoglyphs.items()
+                  if len(k.upper()) == 1 and len(v.upper()) == 1 and k.upper() != k and v.upper() != v})
+    trans = str.maketrans(table)
+
+    def trigger(text: str) -> str:
+        rng = _rng_for(text, seed)
+        tokens = text.split()
+        eligible = [i for i, t in enumerate(tokens) if any(c in table for c in t)]
+        if not eligible:
+            return text
+        n = min(insertions(len(tokens), times, per_words), len(eligible))
+        for i in rng.choice(eligible, size=n, replace=False).tolist():
+            tokens[i] = tokens[i].translate(trans)
         return " ".join(tokens)
 
     return trigger
