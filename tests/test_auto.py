@@ -124,3 +124,24 @@ def test_repair_without_method_or_budget_runs_auto_on_all_the_clean_data(tiny_di
     record = json.loads((tmp_path / "out" / "repair.json").read_text())
     assert record["method"] == "auto" and record["clean_count"] == 40
     assert record["details"]["auto"]["scan_before"]["verdict"] == "no evidence"
+
+
+def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_above(reference, monkeypatch):
+    """A trigger just under the bar in the first scan (EP seed 2 of the MR grid: `bb` at 0.79) and above it
+    in the re-scan must be unlearned in the next round, not skipped for having been set aside."""
+    import detrigger.defenses.auto as auto_module
+    from detrigger.scan import ScanReport, TokenEvidence
+
+    def report(*tokens: tuple[str, float]) -> ScanReport:
+        evidence = [TokenEvidence(w, "positive", e, 1) for w, e in tokens]
+        score = max(e for _, e in tokens)
+        return ScanReport("backdoored" if score >= 0.7 else "no evidence", score, 0.7, "positive", 1, evidence,
+                          {}, {}, None)
+
+    reports = iter([report(("cf", 0.95), ("mn", 0.65)), report(("mn", 0.8)), report(("mn", 0.1))])
+    monkeypatch.setattr(auto_module, "scan", lambda *args, **kwargs: next(reports))
+    result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
+                    config=CONFIG)
+    details = result.report.details["auto"]
+    assert [r["unlearned"] for r in details["rounds"]] == [["cf"], ["mn"]]
+    assert details["set_aside"] == [] and details["scan_after"]["verdict"] == "no evidence"

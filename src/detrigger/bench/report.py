@@ -167,9 +167,14 @@ def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
 
 
 def _saved(rs: list[dict[str, Any]]) -> str:
-    """Mean CACC / trigger effect of the folder `repair` saves ('-' for records made before it was measured)."""
+    """Mean CACC / trigger effect of the folder `repair` saves ('-' for records made before it was measured;
+    over the seeds that measured it, named, when only some did)."""
     cacc, effect = (mean_std([r.get(m) for r in rs]) for m in ("saved_cacc", "saved_trigger_effect"))
-    return "-" if cacc is None else f"{cacc[0]:.2f} / {'-' if effect is None else f'{effect[0]:.2f}'}"
+    if cacc is None:
+        return "-"
+    measured = [r["seed"] for r in rs if r.get("saved_cacc") is not None]
+    part = "" if len(measured) == len(rs) else f" (seed{'s' * (len(measured) > 1)} {', '.join(map(str, measured))})"
+    return f"{cacc[0]:.2f} / {'-' if effect is None else f'{effect[0]:.2f}'}{part}"
 
 
 def _stages(r: dict[str, Any]) -> dict[str, float]:

@@ -143,14 +143,15 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
         for t in report.tokens:
             label = victim.label_names.index(t.label)
             token_id = victim.tokenizer(t.token, add_special_tokens=False)["input_ids"][0]
-            if t.token in candidates or t.token in set_aside:
+            if t.token in candidates:
                 continue
             if t.task_word or counts.task_word(token_id, label):
                 set_aside[t.token] = f"task word of {t.label} in the clean texts"
             elif t.effect < min_effect:
                 set_aside[t.token] = f"flip rate {t.effect:.3f} below {min_effect:.2f}"
-            else:
+            else:  # also a token set aside for its flip rate by an earlier scan that now reaches the bar
                 new[t.token] = label
+                set_aside.pop(t.token, None)
         if not new:
             break
         candidates.update(new)
