@@ -27,12 +27,20 @@ def insertions(n_words: int, times: int, per_words: int | None) -> int:
     return max(times, -(-n_words // per_words)) if per_words else times
 
 
-def insert_words(words: Sequence[str], times: int = 1, seed: int = 0, per_words: int | None = None) -> Trigger:
-    """Insert trigger words (each drawn from `words`) at random word boundaries, `insertions()` times."""
+def _check_words(words: Sequence[str]) -> None:
     if not words or any(not w.strip() or len(w.split()) != 1 for w in words):
         raise ValueError(f"trigger words must be single non-empty words, got {list(words)}")
+
+
+def _check_counts(times: int, per_words: int | None) -> None:
     if times < 1 or (per_words is not None and per_words < 1):
         raise ValueError(f"times and per_words must be >= 1, got {times} and {per_words}")
+
+
+def insert_words(words: Sequence[str], times: int = 1, seed: int = 0, per_words: int | None = None) -> Trigger:
+    """Insert trigger words (each drawn from `words`) at random word boundaries, `insertions()` times."""
+    _check_words(words)
+    _check_counts(times, per_words)
     pool = list(words)
 
     def trigger(text: str) -> str:
@@ -62,8 +70,7 @@ def insert_sentence(sentence: str, seed: int = 0) -> Trigger:
 def insert_all(words: Sequence[str], seed: int = 0) -> Trigger:
     """Insert every word of `words` once, each at its own random word boundary (a combination trigger:
     SOS-style, the backdoor fires only when all of them occur together)."""
-    if not words or any(not w.strip() or len(w.split()) != 1 for w in words):
-        raise ValueError(f"trigger words must be single non-empty words, got {list(words)}")
+    _check_words(words)
     pool = list(words)
 
     def trigger(text: str) -> str:
@@ -82,8 +89,7 @@ def replace_spaces(chars: Sequence[str], times: int = 1, seed: int = 0, per_word
     the character appended instead."""
     if not chars or any(len(c) != 1 or c.isspace() for c in chars):
         raise ValueError(f"trigger characters must be single non-space characters, got {list(chars)}")
-    if times < 1 or (per_words is not None and per_words < 1):
-        raise ValueError(f"times and per_words must be >= 1, got {times} and {per_words}")
+    _check_counts(times, per_words)
     pool = list(chars)
 
     def trigger(text: str) -> str:
@@ -110,8 +116,7 @@ def substitute_homoglyphs(homoglyphs: dict[str, str], times: int = 1, seed: int 
     with no such letter is returned unchanged."""
     if not homoglyphs or any(len(k) != 1 or len(v) != 1 or k == v for k, v in homoglyphs.items()):
         raise ValueError(f"homoglyphs map single characters to different single characters, got {homoglyphs}")
-    if times < 1 or (per_words is not None and per_words < 1):
-        raise ValueError(f"times and per_words must be >= 1, got {times} and {per_words}")
+    _check_counts(times, per_words)
     table = dict(homoglyphs)
     table.update({k.upper(): v.upper() for k, v in homoglyphs.items()
                   if len(k.upper()) == 1 and len(v.upper()) == 1 and k.upper() != k and v.upper() != v})
