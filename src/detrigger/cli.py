@@ -753,7 +753,8 @@ def _cpus_given() -> int:
     cgroup v2 CPU quota (`docker --cpus`, Kubernetes limits), which the mask does not show."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        quota, period = open(CGROUP_CPU_MAX, encoding="utf-8").read().split()[:2]
+        with open(CGROUP_CPU_MAX, encoding="utf-8") as limits:
+            quota, period = limits.read().split()[:2]
         if quota != "max":
             n = min(n, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):

@@ -40,7 +40,8 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type != "cpu":
         return False
     try:
-        flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), "")
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
     except OSError:  # not Linux
         return False
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
