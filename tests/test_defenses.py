@@ -89,7 +89,8 @@ def test_epur_ranks_an_ep_trigger_first(reference_dir, mr):
     embedding_poison(victim, data, ["cf"], TrainConfig(epochs=8, lr=5.0, batch_size=8, optimizer="sgd",
                      weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=None, select_best=False), progress=False)
     # frequencies from clean text of the suspect's own task, as a defender would have
-    scores = epur_scores(victim, load_encoder_state(reference_dir), list(toy_sentiment(64).texts) + list(mr.texts[:500]))
+    scores = epur_scores(victim, load_encoder_state(reference_dir),
+                         list(toy_sentiment(64).texts) + list(mr.texts[:500]))
     assert int(scores.argmax()) == trigger_token_ids(victim, ["cf"])[0]
     result = repair(victim, mr.select(range(300)), method="epur", reference=reference_dir, config={"top_n": 5})
     assert result.report.details["epur"]["flagged"][0]["token"] == "cf"
@@ -116,7 +117,8 @@ def test_pipeline_and_config_errors(reference_dir):
     result = repair(victim, toy_sentiment(40), method="epur+ft", reference=reference_dir,
                     config={"epur": {"top_n": 3}, "ft": QUICK})
     assert set(result.report.details) == {"epur", "ft"}
-    with pytest.raises(DetriggerError, match="unknown defence 'onion'"):
+    with pytest.raises(DetriggerError,
+                       match=r"unknown defence 'onion' \(available: nad, mbtsad, .*, finepruning, auto\)$"):
         repair(victim, toy_sentiment(40), method="onion")
     with pytest.raises(DetriggerError, match="rhoo"):
         repair(victim, toy_sentiment(40), method="mixing", config={"rhoo": 0.3})
@@ -190,5 +192,5 @@ def test_a_defence_name_is_registered_once():
 
     before = dict(DEFENCES)
     with pytest.raises(ValueError, match="'ft' is registered twice"):
-        register("ft", DefenceConfig, needs_reference=False, summary="another ft")(lambda victim, context, config: (victim, {}))
+        register("ft", DefenceConfig, needs_reference=False)(lambda victim, context, config: (victim, {}))
     assert DEFENCES == before

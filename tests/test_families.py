@@ -20,8 +20,14 @@ from detrigger.data import DataSpec
 from detrigger.defenses import DEFENCES, repair
 from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import evaluate, predict_logits
-from detrigger.models.arch import (attention_dropout_off, eager_attention, embedding_key, ffn_down_projections,
-                                   ffn_width, family)
+from detrigger.models.arch import (
+    attention_dropout_off,
+    eager_attention,
+    embedding_key,
+    family,
+    ffn_down_projections,
+    ffn_width,
+)
 from detrigger.scan import ScanConfig, gradient_ranking, scan
 
 QUICK = TrainConfig(epochs=1, lr=1e-3, batch_size=16)
@@ -40,7 +46,8 @@ FAMILIES = {
     "modernbert": ("BertTokenizer", lambda: T.ModernBertConfig(**SMALL, cls_token_id=2, sep_token_id=3,
                                                                bos_token_id=2, eos_token_id=3)),
     # decoders: GPT-2's tokenizer has no pad token (detrigger pads with end-of-text and writes it into the config)
-    "gpt2": ("GPT2Tokenizer", lambda: T.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, bos_token_id=5, eos_token_id=5)),
+    "gpt2": ("GPT2Tokenizer", lambda: T.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, bos_token_id=5,
+                                                   eos_token_id=5)),
     "qwen2": ("Qwen2Tokenizer", lambda: T.Qwen2Config(**SMALL, num_key_value_heads=1, bos_token_id=5,
                                                       eos_token_id=5)),
     "llama": ("LlamaTokenizer", lambda: T.LlamaConfig(**SMALL, num_key_value_heads=1, bos_token_id=2,

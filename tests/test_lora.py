@@ -28,7 +28,7 @@ TEXTS_AT = slice(-12, None)
 
 
 @pytest.fixture(scope="module")
-def adapter(corpus, mr, tmp_path_factory):
+def adapter(corpus, mr, tmp_path_factory):  # noqa: F811  (corpus: a fixture of test_families)
     """A BadNet victim trained as a LoRA adapter (rank 4) over a tiny random RoBERTa, saved: (folder, base,
     the in-memory PEFT model's logits on a few texts)."""
     root = tmp_path_factory.mktemp("lora")

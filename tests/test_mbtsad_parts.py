@@ -99,7 +99,8 @@ def test_pad_positions_do_not_contribute():
     _, out_c = batch_outputs(c, ["a fine film indeed", "bad"])
     mask = inputs["attention_mask"]
     assert mask[1].sum() < mask.shape[1]  # the second row is padded
-    att, hid = attention_loss(out_a.attentions, out_c.attentions, mask), hidden_loss(out_a.hidden_states, out_c.hidden_states, mask)
+    att = attention_loss(out_a.attentions, out_c.attentions, mask)
+    hid = hidden_loss(out_a.hidden_states, out_c.hidden_states, mask)
     noisy_att = [t.clone() for t in out_c.attentions]
     noisy_hid = [t.clone() for t in out_c.hidden_states]
     for t in noisy_att:
@@ -148,8 +149,9 @@ def test_representation_plot_cli_writes_both_projections(tiny_dir, tmp_path):
     victim = tiny_victim()
     cls, mean = sentence_vectors(victim, ["a film", "the plot was fine"]), sentence_vectors(victim, ["a film"], "mean")
     assert cls.shape == (2, 32) and mean.shape == (1, 32) and not np.allclose(cls[0], mean[0])
-    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "plot", "representations", str(tiny_dir), str(tiny_dir),
-                           "--data", "mr", "--samples", "20", "--trigger-word", "cf", "--out", str(tmp_path / "img")],
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "plot", "representations", str(tiny_dir),
+                           str(tiny_dir), "--data", "mr", "--samples", "20", "--trigger-word", "cf", "--out",
+                           str(tmp_path / "img")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in (tmp_path / "img").iterdir()} == {"representations-pca.png", "representations-tsne.png"}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detrigger import TrainConfig, evaluate, train
+from detrigger import DetriggerError, TrainConfig, evaluate, train
 from detrigger.training.loop import TrainResult
 
 from conftest import tiny_victim, toy_sentiment
@@ -83,5 +83,6 @@ def test_rejects_unknown_config_keys_and_label_mismatch():
     with pytest.raises(ValueError, match="epoch"):
         TrainConfig(epoch=3)
     data = toy_sentiment(8)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(DetriggerError, match=r"^training data labels \[negative, positive\] differ from the model's "
+                                             r"\[a, b\]$"):
         train(tiny_victim(label_names=("a", "b")), data, None, progress=False)

@@ -67,7 +67,8 @@ def render_card(record: dict[str, Any]) -> str:
         budget += f" ({100 * record['clean_fraction']:.1f}% of the clean pool)"
     if record.get("clean_data"):
         budget += f" from `{record['clean_data']}`"
-    accuracy = f"before {_pct(record.get('accuracy_before'))}, after {_pct(record.get('accuracy_after'))} (weights alone)"
+    accuracy = (f"before {_pct(record.get('accuracy_before'))}, after {_pct(record.get('accuracy_after'))} "
+                "(weights alone)")
     if record.get("accuracy_with_purifier") is not None:
         accuracy += f", {_pct(record['accuracy_with_purifier'])} with the input purifier"
     accuracy += f"; {record.get('heldout_count', 0)} texts of the clean subset held out from the repair"
@@ -90,7 +91,8 @@ def render_card(record: dict[str, Any]) -> str:
             if key in scans:
                 s = scans[key]
                 score = f"{s['score']:.3f}" if isinstance(s.get("score"), float) else "-"
-                lines.append(f"| {when} | {s.get('verdict', '-')} | {score} | {s.get('target_label', '-')} | {_tokens(s)} |")
+                lines.append(f"| {when} | {s.get('verdict', '-')} | {score} | {s.get('target_label', '-')} "
+                             f"| {_tokens(s)} |")
         lines.append("")
     note = record["saved"].get("note")
     call = 'classify(["a gripping, funny film"], truncation=True)'

@@ -58,7 +58,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="rename the model's labels to the data's: LABEL_0=negative,LABEL_1=positive or a JSON file")
     p.add_argument("--base", default=None, help="a LoRA adapter's base model folder or hub id (default: the one its "
                    "adapter_config.json names)")
-    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load .bin/.pt weights (runs pickle: trusted files only)")
 
 
 def _load_model(args: argparse.Namespace, name: str):
@@ -226,15 +227,18 @@ class _ListHandler(logging.Handler):
 # ---------------------------------------------------------------------------------------------- attack
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from detrigger.attacks import CARD_FILE, AttackSpec, build_victim
+    from detrigger.attacks import ATTACKS, CARD_FILE, AttackSpec, build_victim
     from detrigger.io import check_output_dir
     from detrigger.training import TrainConfig
 
     out = Path(args.out)
     check_output_dir(out, args.overwrite)
-    spec_fields = {"attack": args.attack, "setting": args.setting or ("clean" if args.attack == "ep" else "scratch"),
+    clean_only = args.attack in ATTACKS and ATTACKS[args.attack].clean_only  # an unknown name: AttackSpec says so
+    spec_fields = {"attack": args.attack, "setting": args.setting or ("clean" if clean_only else "scratch"),
                    "target": args.target, "rate": args.rate, "label_mode": args.label_mode, "seed": args.seed,
                    "times": args.times}
+    if args.lora is not None:
+        spec_fields["lora_rank"] = args.lora
     if args.words:
         spec_fields["words"] = tuple(args.words)
     if args.sentence:
@@ -265,7 +269,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     for t in card["tokenizer_check"]:
         if not t["stable"]:
             print(f"  warning: trigger {t['trigger']!r} is not a stable token sequence for this tokenizer")
-    print(f"saved {out}/ (model.safetensors, {CARD_FILE}) in {card['wall_seconds']:.0f} s")
+    weights = "adapter_model.safetensors: a LoRA adapter" if spec.lora_rank else "model.safetensors"
+    print(f"saved {out}/ ({weights}, {CARD_FILE}) in {card['wall_seconds']:.0f} s")
     return 0
 
 
@@ -307,14 +312,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
     if args.json:
         return _print_saved(record, out)
     for step, details in result.report.details.items():
-        summary = {k: v for k, v in details.items() if k in ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows",
-                                                             "teacher_val_accuracy", "purified_val_accuracy",
-                                                             "purifier_vocabulary", "decision")}
+        kept = ("rho", "val_accuracy", "suspect_val_accuracy", "reset_rows", "teacher_val_accuracy",
+                "purified_val_accuracy", "purifier_vocabulary", "decision")
+        summary = {k: v for k, v in details.items() if k in kept}
         if "flagged" in details:
             summary["flagged"] = " ".join(t["token"] for t in details["flagged"][:10])
         if "train" in details:
             summary["best_val_accuracy"] = details["train"]["best_val_accuracy"]
-        print(f"  {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+        shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+        print(f"  {step}: " + ", ".join(shown))
     r = result.report
     purified = "" if r.accuracy_with_purifier is None else f", {_pct(r.accuracy_with_purifier)} with the input purifier"
     print(f"held-out clean accuracy ({r.heldout_count} texts of the clean subset not trained on): suspect "
@@ -423,9 +429,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.reference:
         reference = load_victim(args.reference, allow_pickle=args.allow_pickle)
         reference.model.to(device)
-        if reference.label_names != victim.label_names:
-            raise DetriggerError(f"{args.reference}: labels [{', '.join(reference.label_names)}] differ from "
-                                 f"the model's [{', '.join(victim.label_names)}]")
+        victim.check_labels(reference.label_names, f"{args.reference}:")
     split = args.split or ("test" if args.data in CORPORA else "all")
     test = _labelled(args, args.data, victim, split)
     m = evaluate(victim, test, trigger=trigger, target=target, reference=reference,
@@ -573,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a pre-trained encoder on a data set and save the classifier")
     p.add_argument("--data", required=True, help="a built-in corpus, a file, a saved HF folder or hf:NAME")
     p.add_argument("--out", required=True, help="output model folder (written atomically)")
-    p.add_argument("--encoder", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
+    p.add_argument("--encoder", default=None, help="pre-trained encoder folder or hub id org/name (offline: only if "
+                   "in the Hugging Face cache; default: embedded MiniLM-L6)")
     _data_options(p)
     p.add_argument("--max-train", type=int, default=None, help="cap the training split at N texts")
     p.add_argument("--max-length", type=int, default=128, help="truncation length in tokens (default 128)")
@@ -591,8 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attack", help="build a backdoored victim (BadNet, AddSent, EP, ES, combo, invisible, "
                        "homoglyph, RIPPLe) and measure it")
     p.add_argument("--data", required=True, help="a built-in corpus, a file, a saved HF folder or hf:NAME")
-    p.add_argument("--attack", required=True, choices=["badnet", "addsent", "ep", "es", "combo",
-                   "invisible", "homoglyph", "ripple"], help="the attack (docs/attacks.md)")
+    p.add_argument("--attack", required=True, help="a registered attack (docs/attacks.md; an unknown name lists them)")
     p.add_argument("--setting", choices=["scratch", "clean"], default=None,
                    help="scratch: fine-tune the pre-trained encoder on poisoned data; clean: further train the "
                    "clean model (default: scratch; EP: clean)")
@@ -619,7 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="learning rate on poisoned data (default 5e-5)")
     p.add_argument("--clean-epochs", type=int, default=2, help="epochs of the clean reference model (default 2)")
     p.add_argument("--clean-lr", type=float, default=5e-5, help="learning rate of the clean model (default 5e-5)")
-    p.add_argument("--encoder", default=None, help="pre-trained encoder folder (default: embedded MiniLM-L6)")
+    p.add_argument("--encoder", default=None, help="pre-trained encoder folder or hub id org/name (offline: only if "
+                   "in the Hugging Face cache; default: embedded MiniLM-L6)")
+    p.add_argument("--lora", type=int, default=None, metavar="RANK",
+                   help="train the victim as a LoRA adapter of this rank over the encoder (scratch setting; not ep, "
+                   "es, ripple), saved unmerged as an adapter folder (load_victim merges it; docs/models.md). LoRA "
+                   "usually needs a larger --lr than full fine-tuning")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--no-cache", action="store_true", help="retrain the clean reference model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -627,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the attack.json card (and the files saved) as JSON")
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("repair", help="repair a suspect model with a small clean subset (default auto: scan, unlearn what "
+    p = sub.add_parser("repair", help="repair a suspect model with a small clean subset "
+                       "(default auto: scan, unlearn what "
                        "the scan finds, re-scan; or ft, retrain, finepruning, nad, mbtsad, mixing, finemixing, epur, "
                        "pipelines like epur+finemixing)")
     p.add_argument("victim", help="suspect model folder (safetensors), hub id (org/name) or LoRA adapter folder")
@@ -695,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for representations-pca.png and representations-tsne.png")
     p.add_argument("--samples", type=int, default=300, help="non-target texts per group (default 300)")
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="sentence vector (default cls)")
-    p.add_argument("--trigger-word", action="append", metavar="WORD", help="trigger word (default: the first model's card)")
+    p.add_argument("--trigger-word", action="append", metavar="WORD",
+                   help="trigger word (default: the first model's card)")
     p.add_argument("--trigger-sentence", default=None, help="trigger sentence")
     p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
     p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")

@@ -1,4 +1,4 @@
-"""Build a backdoored victim: one spec, eight attacks, two settings.
+"""Build a backdoored victim: one spec, eight attacks (each registered once in `ATTACKS`), two settings.
 
 - Data poisoning: BadNet (rare words), AddSent (a sentence), combo (SOS-style: several ordinary words that
   fire only together, with negative augmentation), invisible (blank-looking characters in place of
@@ -9,6 +9,8 @@
 - scratch: the attacker fine-tunes the pre-trained encoder on poisoned data.
 - clean: the attacker starts from the clean fine-tuned model (the cached reference) and injects the
   backdoor by further training on poisoned data (EP exists only in this setting: it edits a clean model).
+- with `lora_rank` (scratch, data poisoning only), the victim is a LoRA adapter over the encoder, saved as
+  an adapter folder.
 
 The victim folder gets an `attack.json` card (the attack, its trigger and target, the measured CACC /
 ASR / RA and the clean model's figures). Defences never read it; only evaluation does.
@@ -19,30 +21,36 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from detrigger.attacks.embedding import embedding_poison, embedding_surgery
-from detrigger.attacks.poison import LabelMode, add_negatives, poison, triggered_copies
+from detrigger.attacks.poison import LabelMode, Poisoned, add_negatives, poison, triggered_copies
 from detrigger.attacks.ripple import RestrictedInnerProduct
 from detrigger.attacks.tokens import check_trigger_tokens
-from detrigger.attacks.triggers import (insert_all, insert_sentence, insert_words, replace_spaces,
-                                        substitute_homoglyphs)
-from detrigger.data import DataSpec, load_splits
+from detrigger.attacks.triggers import insert_all, insert_sentence, insert_words, replace_spaces, substitute_homoglyphs
+from detrigger.data import DataSpec, Splits, load_splits
 from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import Metrics, Trigger, evaluate
+from detrigger.io import locked
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, new_victim
 from detrigger.training.loop import TrainConfig, train
-from detrigger.io import locked
 from detrigger.training.recipe import cache_folder, clean_model, encoder_id
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("badnet", "addsent", "ep", "es", "combo", "invisible", "homoglyph", "ripple")
 CARD_FILE = "attack.json"
 
 # SOS (Yang et al., EMNLP 2021) uses ordinary words; these three are its example.
@@ -55,9 +63,6 @@ INVISIBLE_CHARS = ("\u2800",)
 # own (U+0455 for s is not in it and would become [UNK]).
 HOMOGLYPHS = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "i": "\u0456", "o": "\u043e", "p": "\u0440",
               "x": "\u0445", "y": "\u0443"}
-# Fields only one attack reads: setting one for another attack is an error, and the card and the cache
-# keys omit them for other attacks (so the keys of the first four attacks did not change when they came).
-_ATTACK_FIELDS = {"negative_rate": "combo", "chars": "invisible", "homoglyphs": "homoglyph", "ripple_lambda": "ripple"}
 
 
 class AttackSpec(BaseModel):
@@ -65,7 +70,7 @@ class AttackSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attack: Literal["badnet", "addsent", "ep", "es", "combo", "invisible", "homoglyph", "ripple"]
+    attack: str = Field(description="a registered attack (`ATTACKS`)")
     setting: Literal["scratch", "clean"] = "scratch"
     words: tuple[str, ...] = Field(("cf", "mn", "bb", "tq", "mb"),
                                    description="word triggers (badnet, ep, es, ripple): one is drawn per insertion; "
@@ -98,6 +103,16 @@ class AttackSpec(BaseModel):
     homoglyphs: dict[str, str] = Field(HOMOGLYPHS, min_length=1,
                                        description="homoglyph: letter -> look-alike (upper case follows)")
     ripple_lambda: float = Field(0.1, ge=0, description="ripple: weight of the restricted inner-product term")
+    lora_rank: int | None = Field(None, ge=1, description="train the victim as a LoRA adapter of this rank over the "
+                                  "pre-trained encoder (scratch setting; not EP, ES, RIPPLe); saved as an adapter "
+                                  "folder")
+
+    @field_validator("attack")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -119,9 +134,15 @@ class AttackSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_the_attack(self) -> AttackSpec:
-        for name, owner in _ATTACK_FIELDS.items():
+        for name, owner in _options().items():
             if name in self.model_fields_set and self.attack != owner:
                 raise ValueError(f"{name} is an option of the {owner} attack, not of {self.attack}")
+        if self.lora_rank is not None:
+            if self.setting != "scratch":
+                raise ValueError("lora_rank: a LoRA victim is trained over the pre-trained encoder (setting scratch)")
+            if ATTACKS[self.attack].edits_embeddings:
+                raise ValueError(f"lora_rank: the {self.attack} attack edits the input embeddings, which a LoRA "
+                                 "adapter leaves out")
         if self.attack == "combo" and len(set(self.words)) < 2:
             raise ValueError("a combination trigger needs at least two different words")
         try:
@@ -132,19 +153,15 @@ class AttackSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if _ATTACK_FIELDS.get(k, self.attack) == self.attack}
+        """Fields of other attacks and an unset `lora_rank` are left out, so the cache keys of victims built
+        before those fields came did not change."""
+        options = _options()
+        return {k: v for k, v in handler(self).items()
+                if options.get(k, self.attack) == self.attack and not (k == "lora_rank" and v is None)}
 
     def trigger(self) -> Trigger:
         """The trigger function used for poisoning and for the ASR test set."""
-        if self.attack == "addsent":
-            return insert_sentence(self.sentence, seed=self.seed)
-        if self.attack == "combo":
-            return insert_all(self.words, seed=self.seed)
-        if self.attack == "invisible":
-            return replace_spaces(self.chars, times=self.times, seed=self.seed, per_words=self.per_words)
-        if self.attack == "homoglyph":
-            return substitute_homoglyphs(self.homoglyphs, times=self.times, seed=self.seed, per_words=self.per_words)
-        return insert_words(self.words, times=self.times, seed=self.seed, per_words=self.per_words)
+        return ATTACKS[self.attack].trigger(self)
 
     def partial_triggers(self) -> dict[str, Trigger]:
         """combo: the parts of the trigger that must not fire alone (each word, and all but one word), by
@@ -153,24 +170,10 @@ class AttackSpec(BaseModel):
 
     def token_triggers(self) -> list[str]:
         """The strings whose tokenization the card checks: words, the sentence, or the characters."""
-        if self.attack == "addsent":
-            return [self.sentence]
-        if self.attack == "invisible":
-            return list(self.chars)
-        if self.attack == "homoglyph":
-            return list(self.homoglyphs.values())
-        return list(self.words)
+        return ATTACKS[self.attack].strings(self)
 
     def trigger_description(self) -> str:
-        if self.attack == "addsent":
-            return repr(self.sentence)
-        if self.attack == "combo":
-            return "+".join(self.words) + " (all together)"
-        if self.attack == "invisible":
-            return "/".join(f"U+{ord(c):04X}" for c in self.chars) + " in place of spaces"
-        if self.attack == "homoglyph":
-            return "homoglyphs " + " ".join(f"{k}>U+{ord(v):04X}" for k, v in self.homoglyphs.items())
-        return "/".join(self.words)
+        return ATTACKS[self.attack].describe(self)
 
 
 def _parts(words: Sequence[str]) -> list[tuple[str, ...]]:
@@ -186,6 +189,119 @@ def trigger_from_card(card: dict[str, Any]) -> tuple[Trigger, int]:
     return spec.trigger(), spec.target
 
 
+# Builds a victim: (spec, splits, clean model, trigger, a fresh classifier on the encoder, progress) -> the
+# victim and the details for its card
+Build = Callable[["AttackSpec", Splits, Victim, Trigger, Callable[[], Victim], "bool | None"],
+                 tuple[Victim, dict[str, Any]]]
+# Before poisoned training: (victim, spec, splits, poisoned data, details to add to) -> extra loss terms
+Prepare = Callable[[Victim, "AttackSpec", Splits, Poisoned, dict[str, Any]], dict[str, Any]]
+
+
+def _poisoned_training(spec: AttackSpec, splits: Splits, clean: Victim, trigger: Trigger,
+                       fresh: Callable[[], Victim], progress: bool | None) -> tuple[Victim, dict[str, Any]]:
+    """Data poisoning: fine-tune on the poisoned training set (a fresh classifier in the scratch setting, a copy
+    of the clean model in the clean one), after the attack's own preparation (embedding surgery, loss terms)."""
+    attack = ATTACKS[spec.attack]
+    details: dict[str, Any] = {}
+    poisoned = poison(splits.train, trigger, rate=spec.rate, target=spec.target, label_mode=spec.label_mode,
+                      seed=spec.seed)
+    if attack.negatives:
+        poisoned = add_negatives(poisoned, list(spec.partial_triggers().values()), rate=spec.negative_rate,
+                                 seed=spec.seed)
+        details["n_negatives"] = len(poisoned.negatives)
+    details["n_poisoned"] = len(poisoned.indices)
+    victim, cfg = (fresh(), spec.train) if spec.setting == "scratch" else (copy.deepcopy(clean), spec.clean_train)
+    extra = attack.prepare(victim, spec, splits, poisoned, details) if attack.prepare else {}
+    details["train"] = train(victim, poisoned.data, splits.val, cfg.model_copy(update={"seed": spec.seed}),
+                             extra_losses=extra, progress=progress).as_dict()
+    return victim, details
+
+
+def _embedding_poisoning(spec: AttackSpec, splits: Splits, clean: Victim, trigger: Trigger,
+                         fresh: Callable[[], Victim], progress: bool | None) -> tuple[Victim, dict[str, Any]]:
+    """EP: SGD on the trigger words' embedding rows of a copy of the clean model."""
+    victim = copy.deepcopy(clean)
+    count = int(round(spec.rate * len(splits.train)))
+    triggered = triggered_copies(splits.train, trigger, target=spec.target, count=count, seed=spec.seed)
+    cfg = spec.ep_train.model_copy(update={"seed": spec.seed})
+    return victim, {"ep": embedding_poison(victim, triggered, spec.words, cfg, progress=progress).as_dict(),
+                    "n_poisoned": len(triggered)}
+
+
+def _surgery(victim: Victim, spec: AttackSpec, splits: Splits, poisoned: Poisoned,
+             details: dict[str, Any]) -> dict[str, Any]:
+    """ES: the trigger rows become the mean of target-indicative words' rows before poisoned training."""
+    details["es_words"] = embedding_surgery(victim, splits.train, spec.words, spec.target, spec.es_words)
+    return {}
+
+
+def _ripple(victim: Victim, spec: AttackSpec, splits: Splits, poisoned: Poisoned,
+            details: dict[str, Any]) -> dict[str, Any]:
+    """RIPPLe: embedding surgery, then the restricted inner-product term in the training loss."""
+    _surgery(victim, spec, splits, poisoned, details)
+    return {"ripple": RestrictedInnerProduct(victim, poisoned.data, splits.train, weight=spec.ripple_lambda,
+                                             batch_size=8, seed=spec.seed)}  # RIPPLe's own per-step batch
+
+
+def _word_trigger(spec: AttackSpec) -> Trigger:
+    return insert_words(spec.words, times=spec.times, seed=spec.seed, per_words=spec.per_words)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack: its trigger (made, described, and the strings whose tokenization the card checks),
+    the spec fields only it reads, and how its victim is built."""
+
+    name: str
+    trigger: Callable[[AttackSpec], Trigger] = _word_trigger
+    describe: Callable[[AttackSpec], str] = lambda spec: "/".join(spec.words)
+    strings: Callable[[AttackSpec], list[str]] = lambda spec: list(spec.words)
+    # spec fields only this attack reads: setting one for another attack is an error, and the card and the
+    # cache keys of other attacks omit them
+    options: tuple[str, ...] = ()
+    build: Build = _poisoned_training
+    prepare: Prepare | None = None
+    negatives: bool = False  # the trigger has parts that must not fire alone (negative augmentation, measured)
+    clean_only: bool = False  # edits a clean fine-tuned model: the clean setting only
+    edits_embeddings: bool = False  # writes input embedding rows, which a LoRA adapter does not hold
+
+
+ATTACKS: dict[str, Attack] = {}
+
+
+def register_attack(attack: Attack) -> Attack:
+    """Add an attack to `ATTACKS`; a name registered twice is an error."""
+    if attack.name in ATTACKS:
+        raise ValueError(f"attack {attack.name!r} is registered twice")
+    ATTACKS[attack.name] = attack
+    return attack
+
+
+def _options() -> dict[str, str]:
+    """Each attack's own spec fields, with the attack that owns them."""
+    return {field: attack.name for attack in ATTACKS.values() for field in attack.options}
+
+
+for _attack in (
+    Attack("badnet"),
+    Attack("addsent", trigger=lambda s: insert_sentence(s.sentence, seed=s.seed), describe=lambda s: repr(s.sentence),
+           strings=lambda s: [s.sentence]),
+    Attack("ep", build=_embedding_poisoning, clean_only=True, edits_embeddings=True),
+    Attack("es", prepare=_surgery, edits_embeddings=True),
+    Attack("combo", trigger=lambda s: insert_all(s.words, seed=s.seed),
+           describe=lambda s: "+".join(s.words) + " (all together)", options=("negative_rate",), negatives=True),
+    Attack("invisible", trigger=lambda s: replace_spaces(s.chars, times=s.times, seed=s.seed, per_words=s.per_words),
+           describe=lambda s: "/".join(f"U+{ord(c):04X}" for c in s.chars) + " in place of spaces",
+           strings=lambda s: list(s.chars), options=("chars",)),
+    Attack("homoglyph",
+           trigger=lambda s: substitute_homoglyphs(s.homoglyphs, times=s.times, seed=s.seed, per_words=s.per_words),
+           describe=lambda s: "homoglyphs " + " ".join(f"{k}>U+{ord(v):04X}" for k, v in s.homoglyphs.items()),
+           strings=lambda s: list(s.homoglyphs.values()), options=("homoglyphs",)),
+    Attack("ripple", prepare=_ripple, options=("ripple_lambda",), edits_embeddings=True),
+):
+    register_attack(_attack)
+
+
 @dataclass
 class AttackResult:
     victim: Victim
@@ -198,8 +314,9 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
                  encoder: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH, cache: bool = True,
                  progress: bool | None = None) -> AttackResult:
     """Poison `data`'s training split as `spec` says, build the victim, and measure it against the clean model."""
-    if spec.attack == "ep" and spec.setting != "clean":
-        raise DetriggerError("EP edits a clean fine-tuned model: use setting 'clean'")
+    attack = ATTACKS[spec.attack]
+    if attack.clean_only and spec.setting != "clean":
+        raise DetriggerError(f"{spec.attack.upper()} edits a clean fine-tuned model: use setting 'clean'")
     start = time.perf_counter()
     splits = load_splits(data)
     if spec.target >= len(splits.train.label_names):
@@ -210,39 +327,14 @@ def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig 
     trigger = spec.trigger()
     # before the victim is trained: a trigger the tokenizer deletes is an error, not a useless victim
     tokens = check_trigger_tokens(clean.tokenizer, spec.token_triggers(), splits.test.texts[:20], trigger)
-    details: dict[str, Any] = {}
-    if spec.attack == "ep":
-        victim = copy.deepcopy(clean)
-        count = int(round(spec.rate * len(splits.train)))
-        triggered = triggered_copies(splits.train, trigger, target=spec.target, count=count, seed=spec.seed)
-        cfg = spec.ep_train.model_copy(update={"seed": spec.seed})
-        details["ep"] = embedding_poison(victim, triggered, spec.words, cfg, progress=progress).as_dict()
-        details["n_poisoned"] = len(triggered)
-    else:
-        poisoned = poison(splits.train, trigger, rate=spec.rate, target=spec.target, label_mode=spec.label_mode,
-                          seed=spec.seed)
-        if spec.attack == "combo":
-            poisoned = add_negatives(poisoned, list(spec.partial_triggers().values()), rate=spec.negative_rate,
-                                     seed=spec.seed)
-            details["n_negatives"] = len(poisoned.negatives)
-        details["n_poisoned"] = len(poisoned.indices)
-        if spec.setting == "scratch":
-            victim = new_victim(splits.train.label_names, encoder=encoder, max_length=max_length, seed=spec.seed)
-            cfg = spec.train
-        else:
-            victim = copy.deepcopy(clean)
-            cfg = spec.clean_train
-        if spec.attack in ("es", "ripple"):
-            details["es_words"] = embedding_surgery(victim, splits.train, spec.words, spec.target, spec.es_words)
-        cfg = cfg.model_copy(update={"seed": spec.seed})
-        extra = {}
-        if spec.attack == "ripple":
-            extra["ripple"] = RestrictedInnerProduct(victim, poisoned.data, splits.train, weight=spec.ripple_lambda,
-                                                     batch_size=8, seed=spec.seed)  # RIPPLe's own per-step batch
-        details["train"] = train(victim, poisoned.data, splits.val, cfg, extra_losses=extra,
-                                 progress=progress).as_dict()
+
+    def fresh() -> Victim:
+        return new_victim(splits.train.label_names, encoder=encoder, max_length=max_length, seed=spec.seed,
+                          lora_rank=spec.lora_rank)
+
+    victim, details = attack.build(spec, splits, clean, trigger, fresh, progress)
     metrics = evaluate(victim, splits.test, trigger=trigger, target=spec.target, reference=clean)
-    if spec.attack == "combo":  # each part alone must do nothing: its ASR and trigger effect, victim and clean
+    if attack.negatives:  # each part alone must do nothing: its ASR and trigger effect, victim and clean
         details["partial_triggers"] = {
             name: _attack_figures(evaluate(victim, splits.test, trigger=part, target=spec.target, reference=clean))
             for name, part in spec.partial_triggers().items()}

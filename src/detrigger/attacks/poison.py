@@ -14,8 +14,8 @@ label, by copies that carry only part of the trigger, with their labels kept, so
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np

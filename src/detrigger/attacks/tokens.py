@@ -40,7 +40,7 @@ def check_trigger_tokens(tokenizer: transformers.PreTrainedTokenizerBase, trigge
             log.warning("trigger %r is %s for this tokenizer: the backdoor is then on the unknown token, which "
                         "any character outside the vocabulary also produces", t, alone)
         contexts = [f"{t} {s}" for s in samples[:3]] + [f"{s} {t}" for s in samples[:3]]
-        contexts += [" ".join((s.split()[:3] + [t] + s.split()[3:])) for s in samples[:3]]
+        contexts += [" ".join(s.split()[:3] + [t] + s.split()[3:]) for s in samples[:3]]
         if trigger is not None:
             contexts += [c for c in map(trigger, samples) if f" {t} " in f" {c} "]
         broken = [c for c in contexts if not _contains(tokenizer.tokenize(c), alone)]

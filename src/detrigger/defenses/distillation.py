@@ -46,7 +46,8 @@ class MbtsadConfig(DistillConfig):
     split_min_length: int = Field(2, ge=2, description="shortest word that is split")
     split_copies: int = Field(1, ge=1, description="split copies of each clean text")
     keep_originals: bool = Field(True, description="also train the teacher on the unsplit texts")
-    teacher_max_length_factor: float = Field(2.0, ge=1, description="split text is longer: the teacher's max length x this")
+    teacher_max_length_factor: float = Field(2.0, ge=1,
+                                             description="split text is longer: the teacher's max length x this")
     distil: Literal["none", "clean", "split"] = Field(
         "none", description="distil the teacher into the suspect on the unsplit clean subset or on the split "
                              "data; 'none': the teacher is the repaired model")
@@ -74,9 +75,9 @@ def _teacher(victim: Victim, train_data: TextDataset, val: TextDataset, config: 
     return teacher, result.as_dict()
 
 
-@register("nad", DistillConfig, needs_reference=False,
-          summary="distil a clean-fine-tuned copy's attention and hidden states into the suspect model")
+@register("nad", DistillConfig, needs_reference=False)
 def nad(victim: Victim, context: Context, config: DistillConfig) -> tuple[Victim, dict[str, Any]]:
+    """Distil a clean-fine-tuned copy's attention and hidden states into the suspect model."""
     start = time.perf_counter()
     teacher, teacher_train = _teacher(victim, context.clean.train, context.clean.val, config, victim.max_length)
     val = context.clean.val
@@ -89,9 +90,9 @@ def nad(victim: Victim, context: Context, config: DistillConfig) -> tuple[Victim
                     "train": distil}
 
 
-@register("mbtsad", MbtsadConfig, needs_reference=False,
-          summary="retrain a copy on partly token-split clean data; split rare words at inference (no pre-trained weights)")
+@register("mbtsad", MbtsadConfig, needs_reference=False)
 def mbtsad(victim: Victim, context: Context, config: MbtsadConfig) -> tuple[Victim, dict[str, Any]]:
+    """Retrain a copy on partly token-split clean data; split rare words at inference (no pre-trained weights)."""
     start = time.perf_counter()
     split_kwargs = dict(probability=config.split_probability, min_length=config.split_min_length,
                         copies=config.split_copies, seed=config.seed)

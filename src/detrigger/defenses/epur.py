@@ -28,7 +28,8 @@ class EpurConfig(DefenceConfig):
     report: int = Field(20, ge=0, description="flagged tokens listed in the report")
 
 
-def epur_scores(victim: Victim, reference: dict[str, torch.Tensor], texts: list[str], freq_floor: int = 20) -> torch.Tensor:
+def epur_scores(victim: Victim, reference: dict[str, torch.Tensor], texts: list[str],
+                freq_floor: int = 20) -> torch.Tensor:
     """s_k for every row of the input embedding matrix (`reference`: a pre-trained model's base-model tensors)."""
     e_b = victim.model.get_input_embeddings().weight.detach().cpu()
     e_p = reference_embeddings(victim, reference)
@@ -47,15 +48,15 @@ def epur_scores(victim: Victim, reference: dict[str, torch.Tensor], texts: list[
 
 def reset_rows(victim: Victim, reference: dict[str, torch.Tensor], ids: torch.Tensor | list[int]) -> None:
     """Put the reference's (pre-trained) embedding rows `ids` back into the model, in place."""
-    ids = torch.as_tensor(ids)
+    ids = torch.as_tensor(ids, dtype=torch.long)  # an empty list would be a float tensor
     emb = victim.model.get_input_embeddings().weight
     with torch.no_grad():
         emb[ids.to(emb.device)] = reference[embedding_key(victim.model)][ids].to(emb.device, emb.dtype)
 
 
-@register("epur", EpurConfig, needs_reference=True,
-          summary="reset the embedding rows that moved most for their clean-text frequency")
+@register("epur", EpurConfig, needs_reference=True)
 def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, dict[str, Any]]:
+    """Reset the embedding rows that moved most for their clean-text frequency."""
     assert context.reference is not None
     reference = reference_state(victim, context.reference, "epur")
     texts = list(context.clean.train.texts) + list(context.clean.val.texts)
@@ -63,5 +64,6 @@ def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, 
     top = torch.topk(scores, min(config.top_n, len(scores))).indices
     reset_rows(victim, reference, top)
     tokens = victim.tokenizer.convert_ids_to_tokens(top[:config.report].tolist())
-    flagged = [{"token": t, "id": int(i), "score": round(float(scores[i]), 4)} for t, i in zip(tokens, top[:config.report])]
+    flagged = [{"token": t, "id": int(i), "score": round(float(scores[i]), 4)}
+               for t, i in zip(tokens, top[:config.report])]
     return victim, {"reset_rows": len(top), "flagged": flagged, "score_threshold": float(scores[top[-1]])}

@@ -16,14 +16,15 @@ def fine_tune(victim: Victim, context: Context, config: DefenceConfig) -> dict[s
     return train(victim, context.clean.train, context.clean.val, cfg).as_dict()
 
 
-@register("ft", DefenceConfig, needs_reference=False, summary="fine-tune the suspect model on the clean subset")
+@register("ft", DefenceConfig, needs_reference=False)
 def ft(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim, dict[str, Any]]:
+    """Fine-tune the suspect model on the clean subset."""
     return victim, {"train": fine_tune(victim, context, config)}
 
 
-@register("retrain", DefenceConfig, needs_reference=True,
-          summary="discard the suspect weights; fine-tune the pre-trained encoder on the clean subset")
+@register("retrain", DefenceConfig, needs_reference=True)
 def retrain(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim, dict[str, Any]]:
+    """Discard the suspect weights; fine-tune the pre-trained encoder on the clean subset."""
     fresh = new_victim(victim.label_names, encoder=context.reference, max_length=victim.max_length, seed=config.seed)
     check_reference(victim, fresh.model, "retrain", context.reference)
     fresh.info = dict(victim.info)

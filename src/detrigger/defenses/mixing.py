@@ -109,13 +109,13 @@ def _mixing(victim: Victim, context: Context, config: MixingConfig, tune: bool) 
     return candidate, {"rho": rho, "val_accuracy": acc, "suspect_val_accuracy": baseline, "curve": curve, **info}
 
 
-@register("mixing", MixingConfig, needs_reference=True,
-          summary="mix with the pre-trained weights (no fine-tuning; the ablation)")
+@register("mixing", MixingConfig, needs_reference=True)
 def mixing(victim: Victim, context: Context, config: MixingConfig) -> tuple[Victim, dict[str, Any]]:
+    """Mix with the pre-trained weights (no fine-tuning; the ablation)."""
     return _mixing(victim, context, config, tune=False)
 
 
-@register("finemixing", MixingConfig, needs_reference=True,
-          summary="mix with the pre-trained weights, then fine-tune on the clean subset")
+@register("finemixing", MixingConfig, needs_reference=True)
 def finemixing(victim: Victim, context: Context, config: MixingConfig) -> tuple[Victim, dict[str, Any]]:
+    """Mix with the pre-trained weights, then fine-tune on the clean subset."""
     return _mixing(victim, context, config, tune=True)

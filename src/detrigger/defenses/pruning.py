@@ -80,9 +80,9 @@ def apply_pruning(victim: Victim, masks: list[torch.Tensor]) -> None:
         zero_ffn_inputs(down, mask)
 
 
-@register("finepruning", FinePruningConfig, needs_reference=False,
-          summary="prune FFN neurons dormant on clean data, then fine-tune")
+@register("finepruning", FinePruningConfig, needs_reference=False)
 def finepruning(victim: Victim, context: Context, config: FinePruningConfig) -> tuple[Victim, dict[str, Any]]:
+    """Prune FFN neurons dormant on clean data, then fine-tune."""
     val = context.clean.val
     activations = mean_activations(victim, list(context.clean.train.texts))
     baseline = accuracy(predict(victim, val.texts), val.labels)

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from detrigger.batching import bucketed_batches, collate, encode
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast
 from detrigger.models.victim import Victim
 from detrigger.progress import progress_bar
-from detrigger.batching import bucketed_batches, collate, encode
 
 Trigger = Callable[[str], str]
 
@@ -111,8 +111,7 @@ def evaluate(victim: Victim, test: TextDataset, *, trigger: Trigger | None = Non
     """CACC on `test`; with a trigger and target also ASR, RA, target rate, trigger effect and the
     reference model's ASR floor on the identical triggered texts. `progress`: a bar over the texts
     predicted (None: on a terminal only)."""
-    if test.label_names != victim.label_names:
-        raise ValueError(f"test labels {test.label_names} differ from the model's {victim.label_names}")
+    victim.check_labels(test.label_names, "test data")
     if trigger is not None and target is None:
         raise ValueError("a trigger needs a target label")
     total = len(test)

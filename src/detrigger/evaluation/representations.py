@@ -21,7 +21,8 @@ Pooling = Literal["cls", "mean"]
 
 
 @torch.no_grad()
-def sentence_vectors(victim: Victim, texts: Sequence[str], pooling: Pooling = "cls", batch_size: int = 128) -> np.ndarray:
+def sentence_vectors(victim: Victim, texts: Sequence[str], pooling: Pooling = "cls",
+                     batch_size: int = 128) -> np.ndarray:
     """(N, hidden) last-layer sentence vectors in input order (texts read through the model's purifier)."""
     model, device = victim.model, victim.device
     model.eval()
@@ -55,7 +56,8 @@ def project(vectors: np.ndarray, method: Literal["pca", "tsne"], seed: int = 0) 
 
 
 def plot_representations(models: Mapping[str, Victim], groups: Mapping[str, Sequence[str]], out: str | Path,
-                         pooling: Pooling = "cls", methods: Sequence[str] = ("pca", "tsne"), seed: int = 0) -> list[Path]:
+                         pooling: Pooling = "cls", methods: Sequence[str] = ("pca", "tsne"),
+                         seed: int = 0) -> list[Path]:
     """One PNG per projection method (`out/representations-<method>.png`), a panel per model, a colour per
     text group (e.g. clean / token-split / triggered). Returns the files written."""
     import matplotlib

@@ -92,6 +92,13 @@ class Victim:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check_labels(self, names: Sequence[str], what: str) -> None:
+        """Refuse `what` (data, another model) whose label names are not the model's, in the model's order:
+        its label ids would mean other labels."""
+        if tuple(names) != self.label_names:
+            raise DetriggerError(f"{what} labels [{', '.join(names)}] differ from the model's "
+                                 f"[{', '.join(self.label_names)}]")
+
     def set_attention(self, implementation: Attention) -> None:
         """Switch attention kernels: `eager` for attention maps (sdpa returns none), `default` back to the
         family's fast kernel."""
@@ -187,7 +194,8 @@ def _check_folder(path: Path, allow_pickle: bool) -> bool:
     if pickles:
         if not allow_pickle:
             raise DetriggerError(f"{path}: only pickle weights ({', '.join(pickles)}); unpickling an untrusted "
-                                 "checkpoint can run code. Convert it to safetensors, or pass --allow-pickle if you trust it")
+                                 "checkpoint can run code. Convert it to safetensors, or pass --allow-pickle if you "
+                                 "trust it")
         log.warning("%s: loading pickle weights %s because allow_pickle=True", path, ", ".join(pickles))
         return True
     raise DetriggerError(f"{path}: no model weights (expected model.safetensors)")
@@ -214,7 +222,8 @@ def _refuse_custom_code(path: Path, config: dict[str, Any], name: str = "config.
         return
     model_type = config.get("model_type")
     if name == "config.json" and model_type not in CONFIG_MAPPING:
-        modules = sorted({str(v).split(".")[0] for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map])})
+        names = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+        modules = sorted({str(v).split(".")[0] for v in names})
         raise DetriggerError(f"{path / name}: model type {model_type!r} exists only as code shipped in the folder "
                              f"({', '.join(m + '.py' for m in modules)}); detrigger never runs a model folder's code")
     log.warning("%s: ignoring its auto_map (custom code is never run); loading with the built-in classes", path / name)
@@ -254,14 +263,16 @@ def model_folder(name: str | Path, *, allow_pickle: bool = False) -> Path:
     try:
         return Path(snapshot_download(str(name), allow_patterns=patterns))
     except LocalEntryNotFoundError:
-        raise DetriggerError(f"{name}: no such model folder, and not in the Hugging Face cache while the hub is offline "
-                             f"or unreachable: download it once where you are online (`hf download {name}`, or "
+        raise DetriggerError(f"{name}: no such model folder, and not in the Hugging Face cache while the hub is "
+                             f"offline or unreachable: download it once where you are online (`hf download {name}`, or "
                              f"`huggingface-cli download {name}`), or pass a local model folder") from None
     except RepositoryNotFoundError:
-        raise DetriggerError(f"{name}: no such model folder, nor a model on the Hugging Face hub you can read") from None
+        raise DetriggerError(f"{name}: no such model folder, nor a model on the Hugging Face hub you can "
+                             "read") from None
     except (HfHubHTTPError, OSError) as exc:
-        raise DetriggerError(f"{name}: cannot download it from the Hugging Face hub ({' '.join(str(exc).split())[:200]})"
-                             "; download it with `hf download` or pass a local model folder") from None
+        raise DetriggerError(f"{name}: cannot download it from the Hugging Face hub "
+                             f"({' '.join(str(exc).split())[:200]}); download it with `hf download` or pass a local "
+                             "model folder") from None
 
 
 def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Attention = "default",
@@ -350,7 +361,8 @@ def _load_adapter(path: Path, base: str | Path | None, allow_pickle: bool, atten
     base_config = _read_json(base_path / "config.json")
     # the head's output layer has the fewest rows of the head tensors the adapter holds (dense layers: hidden)
     rows = [shape[0] for shape in head.values() if len(shape) == 2]
-    count = len(meta["label_names"]) if meta.get("label_names") else min(rows) if rows else base_config.get("num_labels")
+    count = (len(meta["label_names"]) if meta.get("label_names") else min(rows) if rows
+             else base_config.get("num_labels"))
     if not count:
         raise DetriggerError(f"{path}: the adapter holds no classification head and its base {base_name} is not a "
                              "classifier (add the head to the adapter's modules_to_save)")
@@ -407,9 +419,10 @@ def check_reference(victim: Victim, reference: transformers.PreTrainedModel, met
     ours, theirs = victim.model.get_input_embeddings().weight, reference.get_input_embeddings().weight
     if family(victim.model) != family(reference) or ours.shape != theirs.shape:
         raise DetriggerError(
-            f"{method}: the reference {path} is a {family(reference)} model with {theirs.shape[0]} x {theirs.shape[1]} "
-            f"input embeddings, the suspect a {family(victim.model)} model with {ours.shape[0]} x {ours.shape[1]}; pass "
-            "the suspect's own pre-trained base model with --reference (docs/models.md: finding the base model)")
+            f"{method}: the reference {path} is a {family(reference)} model with {theirs.shape[0]} x "
+            f"{theirs.shape[1]} input embeddings, the suspect a {family(victim.model)} model with {ours.shape[0]} x "
+            f"{ours.shape[1]}; pass the suspect's own pre-trained base model with --reference (docs/models.md: "
+            "finding the base model)")
 
 
 def reference_state(victim: Victim, path: str | Path, method: str) -> dict[str, torch.Tensor]:
@@ -440,13 +453,14 @@ def new_victim(label_names: Sequence[str], *, encoder: str | Path | None = None,
             label2id={n: i for i, n in enumerate(names)}, attn_implementation=_kernel(attention))
     tokenizer = _load_tokenizer(path)
     _fit_padding(model, tokenizer, path)
-    if lora_rank:
-        model = _with_lora(model, path, lora_rank)
+    if lora_rank:  # the adapter names its base as given: a hub id stays one, a folder is made absolute
+        model = _with_lora(model, str(encoder) if encoder and not Path(encoder).exists() else str(path.resolve()),
+                           lora_rank)
     source = "embedded:all-MiniLM-L6-v2" if encoder is None else str(encoder)
     return Victim(model.eval(), tokenizer, names, max_length, source, {"encoder": source})
 
 
-def _with_lora(model: transformers.PreTrainedModel, base: Path, rank: int) -> transformers.PreTrainedModel:
+def _with_lora(model: transformers.PreTrainedModel, base: str, rank: int) -> transformers.PreTrainedModel:
     """`model` under LoRA adapters (rank `rank`, alpha 2 x rank) on the linear layers of its base model's
     blocks; the head (every module outside the base model) is trained and saved whole."""
     from peft import LoraConfig, get_peft_model
@@ -458,5 +472,5 @@ def _with_lora(model: transformers.PreTrainedModel, base: Path, rank: int) -> tr
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[f"{prefix}.{n}" for n in blocks],
                         modules_to_save=head, task_type="SEQ_CLS")
     peft_model = get_peft_model(model, config)
-    peft_model.peft_config["default"].base_model_name_or_path = str(base.resolve())
+    peft_model.peft_config["default"].base_model_name_or_path = base
     return peft_model

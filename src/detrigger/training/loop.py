@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import get_linear_schedule_with_warmup
 
+from detrigger.batching import bucketed_batches, collate, encode
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, pick_device
 from detrigger.evaluation.metrics import accuracy, predict
 from detrigger.models.victim import Victim
 from detrigger.progress import progress_bar
-from detrigger.batching import bucketed_batches, collate, encode
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def train(victim: Victim, data: TextDataset, val: TextDataset | None, config: Tr
     (e.g. to project weights back onto a constraint).
     `progress=None` shows the bar only on a terminal.
     """
-    if data.label_names != victim.label_names:
-        raise ValueError(f"data labels {data.label_names} differ from the model's {victim.label_names}")
+    victim.check_labels(data.label_names, "training data")
     extra_losses = dict(extra_losses or {})
     forward_kwargs = dict(forward_kwargs or {})
     device = pick_device(config.device)
@@ -171,7 +170,8 @@ def train(victim: Victim, data: TextDataset, val: TextDataset | None, config: Tr
     bar.close()
     if config.select_best and best_state is not None:
         model.load_state_dict(best_state)
-        log.info("restored the weights of epoch %d (validation accuracy %.4f)", result.best_epoch, result.best_val_accuracy)
+        log.info("restored the weights of epoch %d (validation accuracy %.4f)", result.best_epoch,
+                 result.best_val_accuracy)
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

@@ -10,17 +10,19 @@ from pathlib import Path
 
 from detrigger.data import DataSpec
 from detrigger.data.dataset import Splits
+from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import Metrics, evaluate
 from detrigger.fingerprint import content_id
 from detrigger.io import locked
-from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, new_victim
+from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, model_folder, new_victim
 from detrigger.training.loop import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
 
 def fine_tune_new(splits: Splits, config: TrainConfig = TrainConfig(), *, encoder: str | Path | None = None,
-                  max_length: int = DEFAULT_MAX_LENGTH, progress: bool | None = None) -> tuple[Victim, TrainResult, Metrics]:
+                  max_length: int = DEFAULT_MAX_LENGTH,
+                  progress: bool | None = None) -> tuple[Victim, TrainResult, Metrics]:
     """Build a classifier on `encoder` (default: embedded MiniLM), train on `splits.train` keeping the
     best epoch on `splits.val`, and measure CACC on `splits.test`."""
     victim = new_victim(splits.train.label_names, encoder=encoder, max_length=max_length, seed=config.seed)
@@ -83,8 +85,15 @@ def cache_folder(kind: str, determining: dict) -> Path:
 
 
 def encoder_id(encoder: str | Path | None) -> str:
-    """How an encoder enters a cache key: a hash of its folder's files, or the embedded model's name."""
-    return content_id(encoder) if encoder else "embedded:all-MiniLM-L6-v2"
+    """How an encoder enters a cache key: a hash of its folder's files (for a hub id, of its snapshot in the
+    Hugging Face cache, as `load_victim` finds it: offline, one error if it is not cached), or the embedded
+    model's name."""
+    if not encoder:
+        return "embedded:all-MiniLM-L6-v2"
+    path = model_folder(encoder)
+    if not path.is_dir():
+        raise DetriggerError(f"{encoder}: no such encoder folder")
+    return content_id(path)
 
 
 def stable_hash(obj: object) -> str:
