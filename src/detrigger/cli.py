@@ -519,6 +519,109 @@ def _scan(args: argparse.Namespace) -> int:
     return 1 if report.verdict == "backdoored" else 0
 
 
+# ---------------------------------------------------------------------------------------------- filter
+
+FILTER_LM_CORPORA = ("bbc", "amazon", "nyt", "tweets")  # ONION's default n-gram text besides the clean texts
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    """An input-level defence in front of the model: fitted on --clean (threshold at --frr), applied to --data;
+    FRR and CACC, and with a trigger (options or the attack card: evaluation only) FAR and ASR."""
+    from detrigger.data import CORPORA, load_data
+    from detrigger.device import pick_device
+    from detrigger.filters import FILTERS, evaluate_filter, make_filter
+    from detrigger.io import atomic_dir, check_output_dir, write_json
+
+    if args.method not in FILTERS:
+        raise DetriggerError(f"unknown filter {args.method!r} (available: {', '.join(FILTERS)})")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_output_dir(out, args.overwrite)
+    config: dict = {}
+    if args.config:
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DetriggerError(f"{args.config}: cannot read the config ({exc})") from None
+        if not isinstance(config, dict):
+            raise DetriggerError(f"{args.config}: expected a JSON object")
+    shortcuts = {"frr": args.frr, "threshold": args.threshold, "lm": args.lm,
+                 "protect": args.protect, "word": args.rap_word}
+    fields = FILTERS[args.method].cls.config_class.model_fields
+    for key, value in shortcuts.items():
+        if value is not None:
+            if key not in fields:
+                raise DetriggerError(f"--{key.replace('_', '-')} does not apply to {args.method}")
+            config[key] = value
+    if args.bki_train:
+        if args.method != "bki":
+            raise DetriggerError(f"--bki-train does not apply to {args.method}")
+        config["keywords_from"] = "corpus"
+    if args.frr is not None and not 0 <= args.frr < 1:
+        raise DetriggerError(f"--frr must be in [0, 1), got {args.frr}")
+    victim = _load_model(args, args.model)
+    trigger, target = _trigger_and_target(args, Path(args.model), victim.label_names)
+    victim.model.to(pick_device(args.device))
+    flt = make_filter(args.method, victim, config)
+    clean = _labelled(args, args.clean, victim, "val" if args.clean in CORPORA else "all")  # held out
+    split = args.split or ("test" if args.data in CORPORA else "all")
+    test = _labelled(args, args.data, victim, split)
+    corpus: list[str] = []
+    if args.method == "bki" and args.bki_train:
+        corpus = list(_labelled(args, args.bki_train, victim, "train" if args.bki_train in CORPORA else "all").texts)
+    if args.method == "onion" and not config.get("lm"):
+        sources = args.lm_text if args.lm_text is not None else [c for c in FILTER_LM_CORPORA if c != args.data]
+        for source in sources:
+            if source == args.data and split != "train":
+                raise DetriggerError(f"--lm-text {source}: the evaluated data set; the LM must not read its "
+                                     f"{split} split")
+            corpus += list(load_data(source, text_column=args.text_column, label_column=args.label_column).texts)
+    progress = False if args.no_progress else None
+    flt.fit(clean, corpus=corpus, progress=progress)
+    m, clean_part, poisoned_part = evaluate_filter(flt, test, trigger=trigger, target=target, progress=progress)
+    record = {"model": args.model, "method": args.method, "clean": args.clean, "data": args.data, "split": split,
+              "config": flt.config.model_dump(mode="json"), **m.as_dict()}
+    if out is not None:
+        with atomic_dir(out, args.overwrite) as tmp:
+            write_json(tmp / "filter.json", record)
+            with (tmp / "texts.jsonl").open("w", encoding="utf-8") as f:
+                parts = [("clean", test.labels, clean_part)]
+                if poisoned_part is not None:
+                    parts.append(("triggered", [target] * len(poisoned_part.texts), poisoned_part))
+                for name, labels, part in parts:
+                    for i, text in enumerate(part.texts):
+                        f.write(json.dumps({"part": name, "text": text, "label": victim.label_names[labels[i]]
+                                            if name == "clean" else None, "passed": bool(part.passed[i]),
+                                            "flagged": bool(part.flagged[i]), "score": float(part.scores[i])},
+                                           ensure_ascii=False) + "\n")
+    if args.json:
+        print(json.dumps({**record, **({"out": str(out)} if out else {})}, indent=2))
+        return 0
+    kind = "rewritten" if flt.purifier else "rejected"
+    at = (f"given ({m.threshold:.4g})" if flt.config.threshold is not None else
+          f"{m.threshold:.4g}, set at FRR {100 * flt.config.frr:g}% on {m.details['calibration_texts']} held-out "
+          f"clean texts of {args.clean}")
+    print(f"{args.method} on {args.data} ({split}, {m.n_clean} texts); threshold {at}")
+    passed = int(clean_part.passed.sum())
+    print(f"  FRR             {_pct(m.frr)}   (clean texts {kind})")
+    rewritten = ", as rewritten" if flt.purifier else ""
+    print(f"  CACC            {_pct(m.cacc)}   (on the {passed} clean texts passed{rewritten}; "
+          f"without the filter {_pct(m.victim_cacc)})")
+    if trigger is not None:
+        print(f"  FAR             {_pct(m.far)}   (triggered texts not {kind}, of {m.n_poisoned} non-target texts "
+              f"with the trigger; target {victim.label_names[target]!r})")
+        print(f"  ASR             {_pct(m.asr)}   (triggered texts passed and predicted as the target / passed; "
+              f"without the filter {_pct(m.victim_asr)})")
+        print(f"  ASR end-to-end  {_pct(m.asr_end_to_end)}   (passed and predicted as the target / all triggered "
+              "texts)")
+    if "keywords" in m.details:
+        print(f"  keywords        {' '.join(m.details['keywords'][:10]) or '-'}")
+    if out is not None:
+        print(f"saved {out}/ (filter.json, texts.jsonl)")
+    print(f"{m.details.get('fit_seconds', 0) + m.seconds:.0f} s")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- bench
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -733,6 +836,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal anyway)")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("filter", help="input-level defences in front of a model (strip, rap, bki, onion): FRR, FAR, "
+                       "CACC and ASR on the texts they let through")
+    p.add_argument("model", help="model folder (safetensors)")
+    p.add_argument("--method", required=True, help="strip, rap, bki or onion")
+    p.add_argument("--clean", required=True, help="labelled clean data the filter is fitted and its threshold set on: "
+                   "a built-in corpus (its validation split) or a file")
+    p.add_argument("--data", required=True, help="texts to filter: a built-in corpus (its test split) or a file")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default=None,
+                   help="which part of --data (default: test for built-in corpora, all for files)")
+    p.add_argument("--frr", type=float, default=None, help="share of held-out clean texts flagged at the threshold "
+                   "(default 0.05)")
+    p.add_argument("--threshold", type=float, default=None, help="use this threshold instead of calibrating one")
+    p.add_argument("--config", default=None, help="JSON file with the filter's config (docs/filters.md)")
+    p.add_argument("--lm", default=None, metavar="FOLDER", help="onion: a Hugging Face causal LM folder (default: "
+                   "the offline n-gram model)")
+    p.add_argument("--lm-text", action="append", default=None, metavar="DATA",
+                   help="onion: text for the n-gram LM besides the clean texts (repeatable; default: the built-in "
+                   "bbc, amazon, nyt and tweets, less --data)")
+    p.add_argument("--bki-train", default=None, metavar="DATA", help="bki: the suspect's training texts (a file, or a "
+                   "built-in corpus's training split): keywords from them (default: from the filtered texts)")
+    p.add_argument("--protect", default=None, metavar="LABEL", help="rap: check only texts predicted as this label "
+                   "(the paper's form; default: every label)")
+    p.add_argument("--rap-word", default=None, metavar="WORD", help="rap: the perturbation word (default dq)")
+    p.add_argument("--trigger-word", action="append", metavar="WORD",
+                   help="measure FAR/ASR with this trigger word (default: the model's attack.json card, if any)")
+    p.add_argument("--trigger-sentence", default=None, help="measure FAR/ASR with this trigger sentence")
+    p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
+    p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
+    p.add_argument("--target", default="1", help="target label, name or id (default 1)")
+    _data_options(p)
+    _model_options(p)
+    p.add_argument("--out", default=None, help="folder for filter.json (the report) and texts.jsonl (every text: "
+                   "passed, flagged, score, as the model read it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal anyway)")
+    p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("bench", help="run a YAML experiment spec's grid (resumable) and write tables and plots")
     p.add_argument("spec", help="experiment spec (YAML): data, attacks, defences, clean_fractions, seeds")
