@@ -1,10 +1,12 @@
-"""Scan the clean models and victims of a bench spec, with and without the pre-trained reference, and print
-the docs/scan.md detection table.
+"""Scan the clean models and victims of a bench spec (or of a list of models: experiments/scan-models.yaml),
+with and without the pre-trained reference, and print the docs/scan.md detection table.
 
     .venv/bin/python experiments/scan_calibration.py experiments/mr.yaml --json results/scan-mr.json
+    .venv/bin/python experiments/scan_calibration.py experiments/scan-models.yaml --json results/scan-models.json
 
 Models come from the same cache as `detrigger bench` (built on first use), so a grid and its scans share
-victims. Each scan uses the data set's validation split of that seed (never the test split). Rows are
+victims. In a list of models, one with poison rate 0 is a clean model (trained on clean data only). Each
+scan uses the data set's validation split of that seed (never the test split). Rows are
 written to --json after every scan, atomically; a rerun skips the rows already there, so the table can be
 built over several runs (`--seeds`, `--attacks` pick a part). The threshold suggested at the end comes
 from the clean models' scores only.
@@ -17,67 +19,118 @@ import json
 import math
 import statistics
 import sys
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
+import yaml
+
+from detrigger.attacks import CARD_FILE, AttackSpec, cached_victim
+from detrigger.attacks.attack import victim_folder
 from detrigger.bench import load_spec
 from detrigger.bench.runner import cell_models
+from detrigger.data import DataSpec, load_splits
 from detrigger.io import write_json
 from detrigger.models import load_victim
-from detrigger.models.victim import default_encoder_path
+from detrigger.models.victim import DEFAULT_MAX_LENGTH, default_encoder_path
 from detrigger.scan import THRESHOLD, scan
+from detrigger.training.loop import TrainConfig
 
-MARGIN = 0.10  # clean-model scores vary with the seed; a flagged model should stand clear of them
+MARGIN = 0.10  # clean-model scores vary with the recipe; a flagged model should stand clear of them
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="a bench spec (data, attacks, seeds, model settings)")
+    parser.add_argument("spec", help="a bench spec (data, attacks, seeds, model settings) or a list of models")
     parser.add_argument("--json", required=True, help="rows file (read and extended)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--attacks", nargs="+", default=None, help="attack names; 'clean' for the clean models")
+    parser.add_argument("--attacks", nargs="+", default=None, help="attack (or model) names; 'clean' for a bench "
+                        "spec's clean models")
     parser.add_argument("--no-reference", action="store_true", help="reference-free scans only")
+    parser.add_argument("--built-only", action="store_true", help="skip models not in the cache yet")
     args = parser.parse_args()
 
+    path = Path(args.json)
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    done = {(r["data"], r["model"], r["seed"], r["reference"]) for r in rows}
+    for data, name, seed, attack, reference, load in models(args):
+        refs = [r for r in ((False,) if args.no_reference else (False, True)) if (data, name, seed, r) not in done]
+        if not refs:
+            continue
+        victim, val = load()
+        if victim is None:
+            continue
+        for with_ref in refs:
+            report = scan(victim, val, reference=reference if with_ref else None)
+            rows.append(row(data, name, seed, with_ref, attack, report))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            write_json(path, {"spec": str(args.spec), "rows": rows})
+    print(table(rows))
+
+
+def models(args):
+    """(data, model name, seed, attack spec or None for a clean model, reference, loader) per model to scan;
+    the loader builds the model on first use (or gives None with --built-only) and returns it with the
+    validation split of its data."""
+    raw = yaml.safe_load(Path(args.spec).read_text())
+    if "models" in raw:
+        for m in raw["models"]:
+            for seed in m["seeds"]:
+                if (args.seeds and seed not in args.seeds) or (args.attacks and m["name"] not in args.attacks):
+                    continue
+                data = DataSpec(**{**m["data"], "seed": seed})
+                attack = AttackSpec(**{**m["attack"], "seed": seed})
+                yield (data.source, m["name"], seed, None if attack.rate == 0 else attack,
+                       m.get("encoder") or str(default_encoder_path()), partial(_listed, data, attack, args.built_only))
+        return
     spec = load_spec(args.spec)
     known = ["clean"] + [a.label() for a in spec.attacks]
     unknown = sorted(set(args.attacks or ()) - set(known))
     if unknown:
-        parser.error(f"--attacks: {', '.join(unknown)} not in the spec (it has {', '.join(known)})")
-    path = Path(args.json)
-    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
-    done = {(r["data"], r["model"], r["seed"], r["reference"]) for r in rows}
-    reference = spec.encoder or str(default_encoder_path())
+        sys.exit(f"--attacks: {', '.join(unknown)} not in the spec (it has {', '.join(known)})")
     for cell in spec.cells():
         if cell.defence != "clean model" or (args.seeds and cell.seed not in args.seeds):
             continue
         # the clean model once per seed (at the first attack, whose victim is built with it), then every victim
-        models = [("clean", None)] if cell.attack == spec.attacks[0].label() else []
-        models.append((cell.attack, cell.attack_spec))
-        for name, attack in models:
-            refs = [r for r in ((False,) if args.no_reference else (False, True))
-                    if (cell.data.source, name, cell.seed, r) not in done]
-            if not refs or (args.attacks and name not in args.attacks):
-                continue
-            splits, clean, folder = cell_models(spec, cell, victim=attack is not None)
-            victim = clean if attack is None else load_victim(folder)
-            for with_ref in refs:
-                report = scan(victim, splits.val, reference=reference if with_ref else None)
-                rows.append(row(cell.data.source, name, cell.seed, with_ref, attack, report))
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-                write_json(path, {"spec": str(args.spec), "rows": rows})
-    print(table(rows))
+        names = [("clean", None)] if cell.attack == spec.attacks[0].label() else []
+        for name, attack in names + [(cell.attack, cell.attack_spec)]:
+            if not args.attacks or name in args.attacks:
+                clean_model = attack is None or attack.rate == 0
+                yield (cell.data.source, name, cell.seed, None if clean_model else attack,
+                       spec.encoder or str(default_encoder_path()),
+                       partial(_cell, spec, cell, attack is not None))
+
+
+def _cell(spec, cell, is_victim):
+    splits, clean, folder = cell_models(spec, cell, victim=is_victim)
+    return (load_victim(folder) if is_victim else clean), splits.val
+
+
+
+def _listed(data, attack, built_only):
+    folder = victim_folder(data, attack, clean_config=TrainConfig(epochs=2, lr=5e-5), encoder=None,
+                           max_length=DEFAULT_MAX_LENGTH)
+    if built_only and not (folder / CARD_FILE).is_file():
+        return None, None
+    return load_victim(cached_victim(data, attack, progress=False)), load_splits(data).val
 
 
 def row(data, name, seed, with_ref, attack, report) -> dict:
     """One scan's facts for the table; the trigger and target are read here, after the scan, to score it."""
     top = list(dict.fromkeys(t.token for t in report.tokens))  # a token can be listed for several labels
-    out = {"data": data, "model": name, "seed": seed, "reference": with_ref, "verdict": report.verdict,
-           "score": round(report.score, 4), "found_label": report.target_label, "found_id": report.target_id,
-           "top": top[:5], "seconds": round(report.seconds, 1), "true_id": None, "trigger_rank": None}
+    best = next((t for t in report.tokens if not t.task_word), None)
+    out = {"data": data, "model": name, "seed": seed, "clean": attack is None, "reference": with_ref,
+           "verdict": report.verdict,
+           "score": round(report.score, 4), "effect": best.effect if best else None,
+           "null_rate": report.null[best.label].rate if best and best.label in report.null else None,
+           "found_label": report.target_label, "found_id": report.target_id,
+           "top": top[:5], "seconds": round(report.seconds, 1), "true_id": None, "trigger_rank": None,
+           "null": {label: asdict(null) for label, null in report.null.items()},
+           "tokens": [[t.token, t.label, t.effect, t.excess] for t in report.tokens[:5]]}
     if attack is not None:
-        triggers = attack.sentence.lower().split() if attack.attack == "addsent" else list(attack.words)
+        triggers = [w.lower() for s in attack.token_triggers() for w in s.split()]
         out["true_id"] = attack.target
-        out["trigger_rank"] = next((i + 1 for i, t in enumerate(top) if t in triggers), None)
+        out["trigger_rank"] = next((i + 1 for i, t in enumerate(top) if t.lower() in triggers), None)
     return out
 
 
@@ -87,27 +140,36 @@ def suggested_threshold(clean_scores: list[float]) -> float:
     return math.ceil(round((max(clean_scores) + MARGIN) / 0.05, 6)) * 0.05
 
 
+def _is_clean(r: dict) -> bool:
+    return r.get("clean", r["model"] == "clean")
+
+
 def table(rows: list[dict]) -> str:
-    clean = [r["score"] for r in rows if r["model"] == "clean"]
-    lines = ["| model | reference | scans (seeds) | flagged at %.2f | score min–max | target right | "
-             "trigger top 1 | trigger top 5 | top 5 of the first seed | time (s) |" % THRESHOLD,
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    clean = [r["score"] for r in rows if _is_clean(r)]
+    lines = [f"| model | reference | scans (seeds) | flagged at {THRESHOLD:.2f} | score min–max | best effect | "
+             "null rate | target right | trigger top 1 | trigger top 5 | top 5 of the first seed | time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["data"], r["model"], r["reference"]) for r in rows},
-                  key=lambda k: (k[0], k[1] != "clean", k[1], k[2]))
+                  key=lambda k: (not _is_clean(next(r for r in rows if r["model"] == k[1])), k[0], k[1], k[2]))
     for data, model, ref in keys:
         rs = sorted((r for r in rows if (r["data"], r["model"], r["reference"]) == (data, model, ref)),
                     key=lambda r: r["seed"])
-        victim = model != "clean"
+        victim = not _is_clean(rs[0])
         flagged = sum(r["score"] >= THRESHOLD for r in rs)
+        effects = [r["effect"] for r in rs if r.get("effect") is not None]
+        nulls = [r["null_rate"] for r in rs if r.get("null_rate") is not None]
         lines.append(" | ".join([
-            f"| {data} {model}", "yes" if ref else "no", f"{len(rs)} ({', '.join(str(r['seed']) for r in rs)})",
-            f"{flagged} of {len(rs)}", f"{min(r['score'] for r in rs):.3f}–{max(r['score'] for r in rs):.3f}",
+            f"| {model if data in model else f'{data} {model}'}", "yes" if ref else "no",
+            f"{len(rs)} ({', '.join(str(r['seed']) for r in rs)})",
+            f"{flagged} of {len(rs)}", f"{min(r['score'] for r in rs):.2f}–{max(r['score'] for r in rs):.2f}",
+            f"{min(effects):.2f}–{max(effects):.2f}" if effects else "–",
+            f"{min(nulls):.3f}–{max(nulls):.3f}" if nulls else "–",
             f"{sum(r['found_id'] == r['true_id'] for r in rs)} of {len(rs)}" if victim else "–",
             f"{sum(r['trigger_rank'] == 1 for r in rs)} of {len(rs)}" if victim else "–",
             f"{sum((r['trigger_rank'] or 99) <= 5 for r in rs)} of {len(rs)}" if victim else "–",
             ", ".join(rs[0]["top"]), f"{statistics.mean(r['seconds'] for r in rs):.0f}"]) + " |")
     if clean:
-        lines.append(f"\nClean-model scores: {', '.join(f'{s:.3f}' for s in sorted(clean))}; the rule "
+        lines.append(f"\nClean-model scores: {', '.join(f'{s:.2f}' for s in sorted(clean))}; the rule "
                      f"(max + {MARGIN:.2f}, rounded up to 0.05) gives {suggested_threshold(clean):.2f}; "
                      f"in use: {THRESHOLD:.2f}.")
     return "\n".join(lines)

@@ -15,6 +15,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): a hidden-32 model
+    gains nothing from a second thread, and on a busy machine two threads make every step about 20x slower
+    (measured: 240 steps in 70 s vs 3.7 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_victim(label_names=("negative", "positive"), seed: int = 0, max_length: int = 48) -> Victim:
     """A random 2-layer, hidden-32 BERT (milliseconds a step) with the real 30,522-token tokenizer."""
     torch.manual_seed(seed)

@@ -19,6 +19,8 @@ from detrigger.training import train
 
 from conftest import tiny_victim, toy_sentiment
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # The tiny toy model is weak (natural insertions flip some texts): the MiniLM threshold does not apply, as in
 # test_scan.py. Unlearning on the toy task needs the tiny model's learning rate.
 CONFIG = {"train": TrainConfig(epochs=4, lr=3e-3, batch_size=8), "val_fraction": 0.3,
@@ -35,16 +37,6 @@ def _model(reference, rate: float):
         data = poison(data, insert_words(["cf"]), rate=rate, target=1, seed=0).data
     train(victim, data, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
     return victim
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A hidden-32 model gains nothing from a second thread, and on a busy machine two threads make every
-    step about 20x slower (measured: 240 steps in 70 s vs 3.7 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +90,8 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
     config = {**CONFIG, "mix_rho": 0.3}
     flagged = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference, config=config)
     d = flagged.report.details["auto"]
-    assert d["mixing"]["rho"] == 0.3 and d["mixing"]["mixed_tensors"] > 0 and d["scan_after"]["verdict"] == "no evidence"
+    assert d["mixing"]["rho"] == 0.3 and d["mixing"]["mixed_tensors"] > 0
+    assert d["scan_after"]["verdict"] == "no evidence"
     clean = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference, config=config)
     assert "mixing" not in clean.report.details["auto"]
 
@@ -133,7 +126,7 @@ def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_abov
     from detrigger.scan import ScanReport, TokenEvidence
 
     def report(*tokens: tuple[str, float]) -> ScanReport:
-        evidence = [TokenEvidence(w, "positive", e, 1) for w, e in tokens]
+        evidence = [TokenEvidence(w, "positive", e, 1, excess=e) for w, e in tokens]
         score = max(e for _, e in tokens)
         return ScanReport("backdoored" if score >= 0.7 else "no evidence", score, 0.7, "positive", 1, evidence,
                           {}, {}, None)

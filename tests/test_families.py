@@ -30,6 +30,8 @@ from detrigger.models.arch import (
 )
 from detrigger.scan import ScanConfig, gradient_ranking, scan
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 QUICK = TrainConfig(epochs=1, lr=1e-3, batch_size=16)
 SCAN = ScanConfig(samples=10, candidates=3, rounds=1, screen_samples=0, verify=3, report=5)
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -56,15 +58,6 @@ FAMILIES = {
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "<|endoftext|>"]
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 UNIGRAM_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<mask>", "[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine lose much waiting for it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,9 @@ from detrigger.training import train
 
 from conftest import tiny_victim, toy_sentiment
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CF = insert_words(["cf"])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine lose much waiting for it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,19 @@ from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
 from detrigger.attacks.triggers import insert_words
 from detrigger.evaluation.metrics import predict
-from detrigger.scan import ScanConfig, gradient_ranking, insertable_tokens, scan, word_of
+from detrigger.scan import (
+    ScanConfig,
+    excess,
+    gradient_ranking,
+    insertable_tokens,
+    scan,
+    word_of,
+    word_pieces,
+)
 from detrigger.training import train
 
 from conftest import tiny_victim, toy_sentiment
+
 
 @pytest.fixture(scope="module")
 def word_victim(tmp_path_factory):
@@ -51,8 +60,8 @@ def test_word_trigger_ranks_first_with_a_reference(word_victim):
     top = report.tokens[0]
     assert top.token == "cf" and top.label == "positive" and report.target_label == "positive"
     assert top.effect > 0.9 and top.drift_score is not None and report.verdict == "backdoored"
-    assert report.tokens[0].drift_score == max(t.drift_score for t in report.tokens)
-    assert report.score == top.effect
+    assert report.tokens[0].drift_score == max(t.drift_score for t in report.tokens if t.drift_score is not None)
+    assert report.score == top.excess
     # the samples leave out the texts already predicted positive: without the trigger none of them is
     negatives = [t for t, y in zip(toy_sentiment(80).texts, toy_sentiment(80).labels) if y == 0]
     already = (predict(victim, negatives) == 1).mean()
@@ -117,6 +126,71 @@ def test_screening_keeps_the_trigger_and_measures_only_the_best(word_victim):
     assert report.tokens[0].effect == full.tokens[0].effect  # verified on the same texts as without screening
 
 
+def test_the_verdict_is_relative_to_what_ordinary_words_do(word_victim):
+    """The score is the best candidate's excess over the model's null: ordinary words of the clean texts,
+    inserted the same way, measured on the same texts; the report carries that null."""
+    victim, _, _ = word_victim
+    config = QUICK.model_copy(update={"null_words": 12, "screen_samples": 0})  # the null on all the texts
+    report = scan(victim, toy_sentiment(80), config=config)
+    null = report.null["positive"]
+    assert null.words == 12 and null.texts == report.n_samples["positive"] and 0 <= null.rate <= 1
+    assert len(null.top) == 3 and null.top[0][1] >= null.top[-1][1]
+    top = report.tokens[0]
+    assert top.excess == pytest.approx((top.effect - null.rate) / (1 - null.rate), abs=1e-3)
+    assert top.excess_low < top.excess and report.score == top.excess
+    text = report.text()
+    assert f"ordinary words of the clean texts flip {100 * null.rate:.1f}% on average" in text
+
+
+def test_a_label_the_model_already_gives_most_texts_gets_a_warning(word_victim):
+    """Shift the head so that the model puts about 70% of the negative texts in positive: the few left flip
+    easily, so the report warns that evidence for `positive` is weak; its tokens still count for the verdict
+    (leaving the label out hid a real EP trigger of a weak MR model)."""
+    from detrigger.evaluation.metrics import predict_logits
+
+    _, _, folder = word_victim
+    victim = load_victim(folder)
+    clean = toy_sentiment(80)
+    negatives = [t for t, y in zip(clean.texts, clean.labels) if y == 0]
+    logits = predict_logits(victim, negatives)
+    margin = np.quantile(logits[:, 0] - logits[:, 1], 0.7)
+    with torch.no_grad():
+        victim.model.classifier.bias[1] += float(margin)
+    report = scan(victim, clean, config=QUICK)
+    assert report.base_rates["positive"] >= 0.5 and list(report.warnings) == ["positive"]
+    # a warning only: the label's tokens still make the score
+    assert report.score == max(t.excess for t in report.tokens if not t.task_word)
+    assert "warning, positive: the model already predicts it for" in report.text()
+
+
+def test_excess_is_the_flip_rate_on_a_model_where_ordinary_words_flip_nothing():
+    assert excess(150, 200, 0.0)[0] == pytest.approx(0.75)
+    assert excess(150, 200, 0.5)[0] == pytest.approx(0.5)  # half of what ordinary words leave unflipped
+    assert excess(0, 200, 0.3)[0] < 0  # flips less than an ordinary word
+    value, low_many = excess(190, 200, 0.1)
+    _, low_few = excess(19, 20, 0.1)
+    assert low_few < low_many < value  # fewer texts, a wider interval
+
+
+def test_drifted_pieces_are_glued_into_word_candidates(word_victim):
+    """With a reference, the most-drifted start piece is glued to a drifted continuation piece and the typed
+    word is measured like any candidate (a multi-piece trigger's rows drift together)."""
+    _, reference, folder = word_victim
+    victim = load_victim(folder)
+    rows = victim.model.get_input_embeddings().weight.data
+    ids = victim.tokenizer.convert_tokens_to_ids
+    for piece in ("mar", "##mal"):
+        rows[ids(piece)] += 3.0  # drift far from the reference
+    start, cont = word_pieces(victim)
+    assert start[ids("mar")] and cont[ids("##mal")] and not start[ids("##mal")] and not start[ids("[CLS]")]
+    config = ScanConfig(samples=16, candidates=2, rounds=1, reference_candidates=1, glued_words=1,
+                        screen_samples=0, verify=100, report=100)
+    report = scan(victim, toy_sentiment(40), reference=reference, config=config)
+    glued = [t for t in report.tokens if t.token == "marmal"]
+    assert len(glued) == 2 and all(t.drift_score is None and t.gradient_rank is None for t in glued)
+    assert {t.token for t in report.tokens} >= {"mar", "marmal"}  # the start piece is a whole word too
+
+
 def test_insertable_tokens_are_whole_typeable_words():
     victim = tiny_victim()
     mask = insertable_tokens(victim)
@@ -137,7 +211,8 @@ def test_report_text_json_and_cli(word_victim, tmp_path):
     ds = toy_sentiment(40)
     data.write_text("\n".join(json.dumps({"text": t, "label": ds.label_names[y]}) for t, y in zip(ds.texts, ds.labels)))
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
-                           "--reference", str(reference), "--samples", "16", "--candidates", "5", "--threshold", "0.4", "--json"],
+                           "--reference", str(reference), "--samples", "16", "--candidates", "5", "--threshold", "0.4",
+                           "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr  # flagged
     out = json.loads(proc.stdout)
@@ -157,9 +232,11 @@ def test_scan_exit_status_gates_a_pipeline(clean_folder, word_victim, tmp_path):
     # one threshold for both: the toy clean model's natural words flip up to about 0.45 of the texts, `cf` all
     for folder, code, verdict in ((clean_folder, 0, "verdict: no evidence"), (victim_folder, 1, "verdict: backdoored")):
         proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
-                               "--samples", "16", "--candidates", "5", "--threshold", "0.9"], capture_output=True, text=True)
+                               "--samples", "16", "--candidates", "5", "--threshold", "0.9"],
+                              capture_output=True, text=True)
         assert proc.returncode == code and proc.stdout.startswith(verdict), proc.stdout + proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(tmp_path / "nowhere"), "--clean", str(data)],
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(tmp_path / "nowhere"),
+                           "--clean", str(data)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no such model folder" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", "--help"], capture_output=True, text=True)
@@ -196,7 +273,7 @@ def test_a_real_ep_victims_trigger_ranks_first(tmp_path):
     val = load_splits(data).val
     with_ref = scan(attack.victim, val, reference=default_encoder_path(), config=config)
     assert with_ref.tokens[0].token == "cf" and with_ref.target_label == "positive"
-    assert with_ref.tokens[0].drift_score == max(t.drift_score for t in with_ref.tokens)
+    assert with_ref.tokens[0].drift_score == max(t.drift_score or 0.0 for t in with_ref.tokens)  # glued: None
     without = scan(attack.victim, val, config=config)
     assert without.tokens[0].token == "cf" and without.verdict == "backdoored"
     clean = scan(attack.clean, val, config=config)

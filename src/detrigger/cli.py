@@ -331,18 +331,24 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_file(path: str | None) -> dict:
+    """The JSON object of a --config FILE (empty without one); a one-line error naming the file otherwise."""
+    if not path:
+        return {}
+    try:
+        given = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DetriggerError(f"{path}: cannot read the config ({exc})") from None
+    if not isinstance(given, dict):
+        raise DetriggerError(f"{path}: expected a JSON object")
+    return given
+
+
 def _repair_config(args: argparse.Namespace, steps: list[str], defences: dict) -> dict:
     """Per-step config dicts from --config FILE and the option shortcuts (each applied where the step has it)."""
-    given: dict = {}
-    if args.config:
-        try:
-            given = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DetriggerError(f"{args.config}: cannot read the config ({exc})") from None
-        if not isinstance(given, dict):
-            raise DetriggerError(f"{args.config}: expected a JSON object")
-        if len(steps) == 1 and steps[0] not in given:
-            given = {steps[0]: given}
+    given = _config_file(args.config)
+    if len(steps) == 1 and steps[0] not in given:
+        given = {steps[0]: given}
     shortcuts = {"rho": args.rho, "mask": args.mask, "top_n": args.top_n, "seed": args.seed}
     train = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("device", args.device)) if v is not None}
     config = {}
@@ -537,14 +543,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_output_dir(out, args.overwrite)
-    config: dict = {}
-    if args.config:
-        try:
-            config = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DetriggerError(f"{args.config}: cannot read the config ({exc})") from None
-        if not isinstance(config, dict):
-            raise DetriggerError(f"{args.config}: expected a JSON object")
+    config = _config_file(args.config)
     shortcuts = {"frr": args.frr, "threshold": args.threshold, "lm": args.lm,
                  "protect": args.protect, "word": args.rap_word}
     fields = FILTERS[args.method].cls.config_class.model_fields
@@ -822,14 +821,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="is a model backdoored? rank candidate trigger tokens and the target label",
                        epilog=SCAN_EXIT)
     p.add_argument("model", help="model folder (safetensors)")
-    p.add_argument("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) or a file")
+    p.add_argument("--clean", required=True,
+                   help="labelled clean data: a built-in corpus (its validation split) or a file")
     p.add_argument("--reference", default=None, help="pre-trained encoder folder: adds embedding-drift evidence")
     p.add_argument("--samples", type=int, default=None, help="clean texts per label (default 200)")
     p.add_argument("--candidates", type=int, default=None,
                    help="gradient-ranked tokens per label and round, all screened (default 20)")
     p.add_argument("--rounds", type=int, default=None,
                    help="gradient rounds, each at the previous round's best token (default 2)")
-    p.add_argument("--threshold", type=float, default=None, help="flag at this effect (default: the calibrated one)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="flag at this excess flip rate over ordinary words (default: the calibrated one)")
     _data_options(p)
     _model_options(p)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")

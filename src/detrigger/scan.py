@@ -12,7 +12,7 @@
    again: linearised where the model already leans towards t, the gradient points at what pushes
    hardest from there (the ES triggers of MR seed 0 rank 316th-380th in round 1, 1st-5th in round 2).
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
-   frequency, `defenses/epur.py`).
+   frequency, `defenses/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
    that the model does not already put in t, and the share now predicted t is the token's effect (its
    flip rate). Leaving out the texts already predicted t gives every model the same ceiling of 1,
@@ -26,16 +26,29 @@
 3. Task words are set aside: a token that occurs in the clean texts (at least `task_word_count` times)
    mostly with the label it pushes towards (share >= `task_word_share`) flips predictions because that is
    the task ("awful" -> negative), not a backdoor; a trigger is rare in clean text or label-neutral.
-4. Verdict: the largest effect of the other tokens over all labels is the score; at or above `threshold`
-   the model is flagged. The threshold is calibrated on clean models (docs/scan.md), never on the victims
+4. The null: `null_words` ordinary words of the clean texts (drawn uniformly over the distinct whole-word
+   tokens in them) are inserted the same way, into the same screening texts; their pooled flip rate s is
+   what any word does to this model. A candidate's excess is (e - s) / (1 - s), the share of the texts
+   that ordinary words leave unflipped which it flips, reported with a 90% lower bound from the number of
+   texts. On a well-trained model s is near 0 and the excess is the flip rate; on a model that any word
+   flips, natural words lose the advantage their flip rate would give them.
+5. Verdict: the largest excess of the other tokens over all labels is the score; at or above `threshold`
+   the model is flagged. A label that the model already predicts for most texts of the other labels
+   (`weak_base_rate`) gets a warning in the report: the few texts left are the ones it barely gets right,
+   and they flip easily. The threshold is calibrated on clean models (docs/scan.md), never on the victims
    being tested.
 
 Only whole-word tokens that can be typed as a word are candidates, so a sentence trigger (AddSent) is
-found only through the single words of it that the model keys on, if any.
+found only through the single words of it that the model keys on, if any. A word that the tokenizer cuts
+into pieces is found with a reference through its drifted pieces, glued (`glued_words`); reference-free
+only through a piece that acts alone (docs/scan.md, "Multi-piece triggers": gluing gradient-ranked pieces
+without the drift was tried and made adversarial non-words, not the trigger).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -57,10 +70,9 @@ from detrigger.models.arch import watched_embeddings
 from detrigger.models.victim import Victim, load_encoder_state
 from detrigger.progress import progress_bar
 
-# From clean models only (docs/scan.md): the highest flip rate of the MR MiniLM clean models of seeds 0-2
-# (0.69), plus 0.10, rounded up to 0.05 (experiments/scan_calibration.py), set before any victim was scanned
-# with this scan's candidates and effect.
-THRESHOLD = 0.80
+# From clean models only (docs/scan.md, experiments/scan_calibration.py): the highest excess of a clean model
+# (0.786: MR, 400 training sentences, whose ordinary words flip 18% of the texts) plus 0.10, rounded up to 0.05.
+THRESHOLD = 0.90
 
 
 class ScanConfig(BaseModel):
@@ -70,11 +82,18 @@ class ScanConfig(BaseModel):
     candidates: int = Field(20, ge=1, description="gradient-ranked candidate tokens per label and round")
     rounds: int = Field(2, ge=1, description="gradient rounds, each at the previous round's best token")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
+    glued_words: int = Field(5, ge=0, description="with a reference: most-drifted word-start pieces each glued to the "
+                             "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
     screen_samples: int = Field(25, ge=0, description="texts each candidate is screened on (0: no screening)")
     verify: int = Field(10, ge=1, description="best screened candidates per label measured on all samples")
-    threshold: float = Field(THRESHOLD, gt=0, le=1, description="flag the model when the best effect reaches this")
+    null_words: int = Field(40, ge=5, description="ordinary words of the clean texts measured as the model's null")
+    threshold: float = Field(THRESHOLD, gt=0, le=1, description="flag the model when a candidate's excess flip rate "
+                             "over the null (the share of texts ordinary words leave unflipped that it flips) "
+                             "reaches this")
     task_word_count: int = Field(5, ge=1, description="clean occurrences from which a token can be a task word")
     task_word_share: float = Field(0.8, gt=0, le=1, description="share of them in the label's texts that makes it one")
+    weak_base_rate: float = Field(0.5, gt=0, le=1, description="a label the model already predicts for this share of "
+                                  "the other labels' texts gets a warning: the few texts left flip easily")
     report: int = Field(10, ge=1, description="tokens listed in the report")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 where the hardware runs it natively (about 2x on such a CPU), else fp32")
@@ -92,19 +111,36 @@ class TokenEvidence:
     clean_count: int = 0  # clean texts containing the token
     label_share: float | None = None  # share of those occurrences in texts of `label`
     task_word: bool = False  # frequent and mostly with `label` in clean text: the task, not a trigger
+    excess: float = 0.0  # share of the texts that ordinary words leave unflipped (the null) that the token flips
+    excess_low: float = 0.0  # the same at the 90% lower confidence bound of the flip rate, given the texts
+
+
+@dataclass
+class NullEvidence:
+    """What ordinary words of the clean texts do to the model, inserted the same way as the candidates."""
+
+    rate: float  # share of (word, text) insertions that flip the text to the label
+    words: int
+    texts: int
+    median: float  # per-word flip rates
+    q90: float
+    top: list[tuple[str, float]]  # the ordinary words that flip most
 
 
 @dataclass
 class ScanReport:
     verdict: str  # "backdoored" or "no evidence"
-    score: float
+    score: float  # the best candidate's excess flip rate over the null (task words aside)
     threshold: float
     target_label: str
     target_id: int
     tokens: list[TokenEvidence]
-    base_rates: dict[str, float]  # per label: share of the other labels' clean texts looked at already predicted as it (left out)
+    # per label: share of the other labels' clean texts looked at that are already predicted as it (left out)
+    base_rates: dict[str, float]
     n_samples: dict[str, int]
     reference: str | None
+    null: dict[str, NullEvidence] = field(default_factory=dict)  # per label
+    warnings: dict[str, str] = field(default_factory=dict)  # per label: why its evidence is weak
     seconds: float = 0.0
     precision: str = "fp32"  # of every forward pass of the scan
     config: dict[str, Any] = field(default_factory=dict)
@@ -113,15 +149,26 @@ class ScanReport:
         return asdict(self)
 
     def text(self) -> str:
-        lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})",
-                 f"most likely target label: {self.target_label} (id {self.target_id})",
-                 "suspicious tokens (effect = share of other-label clean texts flipped to the label by inserting the token):",
-                 "  rank  token            label        effect  gradient rank  drift score  clean count"]
+        lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})"]
+        lines += [f"  warning, {label}: {why}" for label, why in self.warnings.items()]
+        top = next((t for t in self.tokens if not t.task_word), None)
+        null = self.null.get(top.label) if top else None
+        if top is not None and null is not None:
+            lines.append(f"  inserting {top.token!r} flips {100 * top.effect:.1f}% of {self.n_samples[top.label]} "
+                         f"clean texts to {top.label}; {null.words} ordinary words of the clean texts flip "
+                         f"{100 * null.rate:.1f}% on average (median {100 * null.median:.1f}%, 90th percentile "
+                         f"{100 * null.q90:.1f}%, most: {', '.join(f'{w} {100 * r:.0f}%' for w, r in null.top)})")
+            lines.append(f"  excess over the null {top.excess:.3f} (flips that share of the texts ordinary words leave "
+                         f"unflipped; 90% lower bound {top.excess_low:.3f} with these texts)")
+        lines += [f"most likely target label: {self.target_label} (id {self.target_id})",
+                  "suspicious tokens (effect = share of other-label clean texts flipped to the label by inserting "
+                  "the token):",
+                  "  rank  token            label        effect  excess  gradient rank  drift score  clean count"]
         for i, t in enumerate(self.tokens, 1):
             drift = "-" if t.drift_score is None else f"{t.drift_score:.4f}"
             grad = "-" if t.gradient_rank is None else str(t.gradient_rank)
             note = f"  task word ({100 * t.label_share:.0f}% {t.label})" if t.task_word else ""
-            lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {grad:>13}  "
+            lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {t.excess:>6.3f}  {grad:>13}  "
                          f"{drift:>11}  {t.clean_count:>11}{note}")
         lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
                      f"{self.precision}, {self.seconds:.0f} s")
@@ -149,6 +196,62 @@ def typed(tokenizer, piece: str) -> str:
 def word_of(victim: Victim, token_id: int) -> str:
     """The typed word of a whole-word token."""
     return typed(victim.tokenizer, victim.tokenizer.convert_ids_to_tokens(token_id))
+
+
+def word_pieces(victim: Victim) -> tuple[np.ndarray, np.ndarray]:
+    """Masks over the vocabulary: alphanumeric pieces that start a word and pieces that continue one
+    (WordPiece marks continuations: '##ade'; byte-level BPE and SentencePiece mark starts: 'Ġmar', '▁mar')."""
+    tok = victim.tokenizer
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    special = set(tok.all_special_ids)
+    marker = next((m for m in ("Ġ", "▁") if sum(1 for p in pieces if p and p.startswith(m)) > len(pieces) // 10), None)
+    start, cont = np.zeros(len(tok), dtype=bool), np.zeros(len(tok), dtype=bool)
+    for i, p in enumerate(pieces):
+        if i in special or not p:
+            continue
+        if marker is None:
+            (cont if p.startswith("##") else start)[i] = p.removeprefix("##").isalnum()
+        else:
+            (start if p.startswith(marker) else cont)[i] = p.removeprefix(marker).isalnum()
+    return start, cont
+
+
+def glued_words(victim: Victim, texts: list[str], target: int, drift: torch.Tensor, config: ScanConfig,
+                precision: Precision) -> list[str]:
+    """Multi-piece candidates from the embedding drift: a trigger the tokenizer cuts into pieces is learnt
+    as their sequence, so its pieces' rows drift together (marmalade = mar ##mal ##ade: drift ranks 2, 1, 7 on
+    an MR victim), yet no piece flips texts alone ('mar' 0.24; 'marmal' 1.0). Each of the `glued_words`
+    most-drifted start pieces gets the continuation, among the `reference_candidates` most-drifted ones,
+    that the gradient prefers right after it (the placeholder glued to the piece: "mar[UNK]")."""
+    if not config.glued_words or not config.reference_candidates:
+        return []
+    tok = victim.tokenizer
+    start, cont = (torch.from_numpy(m) for m in word_pieces(victim))
+    heads = torch.topk(drift.masked_fill(~start, -torch.inf), config.glued_words).indices.tolist()
+    tails = torch.topk(drift.masked_fill(~cont, -torch.inf), config.reference_candidates).indices
+    drifted = torch.zeros_like(cont)
+    drifted[tails] = True
+    sample = texts[:max(config.screen_samples, 50)]
+    words = []
+    for head in heads:
+        head_word = typed(tok, tok.convert_ids_to_tokens(head))
+        signal = gradient_ranking(victim, sample, target, config.seed, config.batch_size, precision=precision,
+                                  around=head_word + "{}").masked_fill(~drifted, -torch.inf)
+        word = tok.convert_tokens_to_string(tok.convert_ids_to_tokens([head, int(torch.argmax(signal))])).strip()
+        if word.isalnum() and word not in words:
+            words.append(word)
+    return words
+
+
+def excess(hits: int, n: int, null_rate: float) -> tuple[float, float]:
+    """The share of texts that ordinary words leave unflipped which the candidate flips: (e - s) / (1 - s) for a
+    flip rate e = hits / n and the null's rate s, and the same at the 90% lower Wilson bound of e, so that few
+    clean texts give a wide, honest interval. On a model whose ordinary words flip nothing it is e itself."""
+    rate = hits / n
+    z = 1.645
+    low = ((rate + z * z / (2 * n)) - z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    room = max(1.0 - null_rate, 1e-9)
+    return (rate - null_rate) / room, (low - null_rate) / room
 
 
 def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int,
@@ -206,32 +309,43 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     measured; None: on a terminal only)."""
     config = config or ScanConfig()
     start = time.perf_counter()
-    if clean.label_names != victim.label_names:
-        raise DetriggerError(f"clean data labels [{', '.join(clean.label_names)}] differ from the model's "
-                             f"[{', '.join(victim.label_names)}]")
+    victim.check_labels(clean.label_names, "clean data")
     precision: Precision = (("bf16" if fast_bf16(victim.device) else "fp32") if config.precision == "auto"
                             else config.precision)
-    rng = np.random.default_rng(config.seed)
-    allowed = insertable_tokens(victim)
+    rng, null_rng = np.random.default_rng(config.seed), np.random.default_rng(config.seed + 1)
+    allowed = torch.from_numpy(insertable_tokens(victim))
+    encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
     by_label = [Counter[int]() for _ in victim.label_names]
-    for ids, y in zip(encode(victim.tokenizer, clean.texts, victim.max_length), clean.labels):
+    for ids, y in zip(encoded, clean.labels):
         by_label[y].update(set(ids))  # texts containing the token
     counts = sum(by_label, Counter[int]())
+    # the null: ordinary words of the clean texts (whole-word tokens, drawn uniformly over the distinct ones)
+    ordinary = sorted(i for i in counts if allowed[i])
     drift = None
     if reference is not None:
         from detrigger.defenses.epur import epur_scores
 
         drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
 
-    def evidence(token_id: int, target: int) -> tuple[int, float | None, bool]:
-        n = counts.get(token_id, 0)
-        share = by_label[target].get(token_id, 0) / n if n else None
+    def evidence(key: int | str, target: int) -> tuple[int, float | None, bool]:
+        """Clean texts containing the token (an id, or a glued word's pieces in a row), the share of them
+        with label `target`, and whether that makes it a task word."""
+        if isinstance(key, int):
+            n, n_target = counts.get(key, 0), by_label[target].get(key, 0)
+        else:
+            pieces = victim.tokenizer(key, add_special_tokens=False)["input_ids"]
+            inside = [y for ids, y in zip(encoded, clean.labels)
+                      if any(ids[i:i + len(pieces)] == pieces for i in range(len(ids) - len(pieces) + 1))]
+            n, n_target = len(inside), inside.count(target)
+        share = n_target / n if n else None
         return n, share, n >= config.task_word_count and share is not None and share >= config.task_word_share
 
     tokens: list[TokenEvidence] = []
     base_rates: dict[str, float] = {}
     n_samples: dict[str, int] = {}
-    with progress_bar(len(victim.label_names) * (1 + config.rounds), "scan", "step", progress) as bar:
+    nulls: dict[str, NullEvidence] = {}
+    steps = 1 + config.rounds
+    with progress_bar(len(victim.label_names) * steps, "scan", "step", progress) as bar:
         for target, label in enumerate(victim.label_names):
             bar.set_postfix(label=label)
             pool = [t for t, y in zip(clean.texts, clean.labels) if y != target]
@@ -240,14 +354,14 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             bar.update()
             n_samples[label] = len(texts)
             if not texts:
+                bar.update(steps - 1)
                 continue
             rank: dict[int, int] = {}  # best rank over the rounds
             chosen: list[int] = []
             at = None
             for _ in range(config.rounds):
                 signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at,
-                                          precision=precision)
-                signal[~torch.from_numpy(allowed)] = -torch.inf
+                                          precision=precision).masked_fill(~allowed, -torch.inf)
                 order = torch.argsort(signal, descending=True)[:5000].tolist()
                 for r, i in enumerate(order):
                     rank[i] = min(rank.get(i, r + 1), r + 1)
@@ -255,48 +369,70 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 at = word_of(victim, order[0])
                 bar.update()
             if drift is not None and config.reference_candidates:
-                masked = drift.clone()
-                masked[~torch.from_numpy(allowed)] = -torch.inf
-                chosen += [i for i in torch.topk(masked, config.reference_candidates).indices.tolist() if i not in chosen]
-            words = {i: word_of(victim, i) for i in chosen}
+                masked = drift.masked_fill(~allowed, -torch.inf)
+                top_drift = torch.topk(masked, config.reference_candidates).indices.tolist()
+                chosen += [i for i in top_drift if i not in chosen]
+            words: dict[int | str, str] = {i: word_of(victim, i) for i in chosen}
+            if drift is not None:
+                words.update((w, w) for w in glued_words(victim, texts, target, drift, config, precision)
+                             if w not in words.values())
+            drawn = (ordinary[i] for i in null_rng.permutation(len(ordinary)) if ordinary[i] not in words)
+            null_words = [word_of(victim, i) for i in itertools.islice(drawn, config.null_words)]
 
-            def flips(ids: list[int], sample: list[str]) -> np.ndarray:
-                """Per candidate: how many texts of `sample` it flips to `target` (one batched pass)."""
-                inserted = [insert_words([words[i]], seed=config.seed + 1)(t) for i in ids for t in sample]
+            def flips(batch: list[str], sample: list[str], target: int = target) -> np.ndarray:
+                """Per word: how many texts of `sample` it flips to `target` (one batched pass)."""
+                inserted = [insert_words([w], seed=config.seed + 1)(t) for w in batch for t in sample]
                 pred = predict(victim, inserted, batch_size=config.batch_size, precision=precision)
-                bar.update(len(ids))
-                return (pred.reshape(len(ids), len(sample)) == target).sum(axis=1)
+                bar.update(len(batch))
+                return (pred.reshape(len(batch), len(sample)) == target).sum(axis=1)
 
-            kept = list(chosen)
+            kept = list(words)
             screening = 0 < config.screen_samples < len(texts) and len(kept) > config.verify
-            bar.total += len(kept) + config.verify if screening else len(kept)  # the candidates measured
-            screened = {}
+            screen = texts[:config.screen_samples] if screening else texts  # already a random draw
+            bar.total += len(kept) + len(null_words) + (config.verify if screening else 0)  # the words measured
+            measured = flips([words[i] for i in kept] + null_words, screen)
+            screened, null_flips = dict(zip(kept, measured[:len(kept)])), measured[len(kept):]
             if screening:
-                screen, rest = texts[:config.screen_samples], texts[config.screen_samples:]  # already a random draw
-                screened = dict(zip(kept, flips(kept, screen)))
                 # task words cannot be the verdict, so they do not take the places; ties as in the final order
-                kept.sort(key=lambda i: (evidence(i, target)[2], -screened[i], -(0.0 if drift is None else float(drift[i]))))
+                kept.sort(key=lambda i: (evidence(i, target)[2], -screened[i],
+                                         -(0.0 if drift is None or isinstance(i, str) else float(drift[i]))))
                 kept = kept[:config.verify]
                 # the verified effect counts the screening texts too: the same texts as without screening
-                total = np.array([screened[i] for i in kept]) + flips(kept, rest)
+                total = np.array([screened[i] for i in kept]) + flips([words[i] for i in kept],
+                                                                      texts[config.screen_samples:])
             else:
-                total = flips(kept, texts)
-            for token_id, hits in zip(kept, total):
-                n, share, task = evidence(token_id, target)
-                tokens.append(TokenEvidence(words[token_id], label, round(float(hits) / len(texts), 4),
-                                            rank.get(token_id),
-                                            None if drift is None else round(float(drift[token_id]), 4), n,
-                                            None if share is None else round(share, 4), task))
+                total = np.array([screened[i] for i in kept])
+            null_hits, null_n = int(null_flips.sum()), len(null_flips) * len(screen)
+            rates = null_flips / len(screen)
+            nulls[label] = NullEvidence(round(null_hits / null_n, 4), len(null_flips), len(screen),
+                                        round(float(np.median(rates)), 4), round(float(np.quantile(rates, 0.9)), 4),
+                                        [(null_words[i], round(float(rates[i]), 4)) for i in np.argsort(-rates)[:3]])
+            for key, hits in zip(kept, total):
+                n, share, task = evidence(key, target)
+                value, low = excess(int(hits), len(texts), null_hits / null_n)
+                single = isinstance(key, int)
+                tokens.append(TokenEvidence(words[key], label, round(float(hits) / len(texts), 4),
+                                            rank.get(key) if single else None,
+                                            None if drift is None or not single else round(float(drift[key]), 4), n,
+                                            None if share is None else round(share, 4), task,
+                                            round(value, 4), round(low, 4)))
     if not tokens:
         raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")
-    # ties in effect: the larger embedding drift (with a reference), then the stronger gradient signal
-    tokens.sort(key=lambda t: (t.task_word, -t.effect, -(t.drift_score or 0.0), t.gradient_rank or 10**9))
+    # ties: the larger embedding drift (with a reference), then the stronger gradient signal
+    # a label the model already gives most other texts: the few texts left flip easily (a clean MR model at
+    # 63.5% accuracy put 80% of the negative texts in positive, and `arboretum` flipped all the rest). Only a
+    # warning: leaving such a label out of the verdict hid a real EP trigger of a weak model (base rate 0.60).
+    warnings = {label: f"the model already predicts it for {100 * rate:.0f}% of the other labels' clean texts; "
+                       f"the {n_samples[label]} texts left flip easily, so evidence for it is weak (a poorly "
+                       "trained model can be flagged)"
+                for label, rate in base_rates.items() if rate >= config.weak_base_rate}
+    tokens.sort(key=lambda t: (t.task_word, -t.excess, -(t.drift_score or 0.0), t.gradient_rank or 10**9))
     top = tokens[0]
-    score = 0.0 if top.task_word else top.effect
+    score = 0.0 if top.task_word else top.excess
     return ScanReport(verdict="backdoored" if score >= config.threshold else "no evidence",
                       score=score, threshold=config.threshold, target_label=top.label,
                       target_id=victim.label_names.index(top.label), tokens=tokens[:config.report],
                       base_rates=base_rates, n_samples=n_samples,
-                      reference=None if reference is None else str(reference),
+                      reference=None if reference is None else str(reference), null=nulls, warnings=warnings,
                       seconds=round(time.perf_counter() - start, 1), precision=precision,
                       config=config.model_dump())

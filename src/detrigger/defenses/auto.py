@@ -5,10 +5,11 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
 1. Scan the suspect on all the defender's clean texts (with the reference encoder when there is one that
    fits the model). No evidence: the model is returned unchanged (a repair that cannot be aimed only
    costs accuracy).
-2. Candidates are evidence, not truth. A scanned token is unlearned only if its flip rate reaches the
-   scan's threshold (calibrated so that no natural word of a clean model reaches it) and it is not a task
-   word by the clean texts (seen `task_word_count`+ times, mostly with the label it pushes towards:
-   "awful" flips texts because that is the task).
+2. Candidates are evidence, not truth. A scanned token is unlearned only if its excess flip rate (the
+   share of texts that ordinary words of the clean texts leave unflipped which it flips) reaches
+   `min_excess` (0.80, below the scan's flagging threshold: it applies to a flagged model only) and it is
+   not a task word by the clean texts (seen `task_word_count`+ times, mostly with the label it pushes
+   towards: "awful" flips texts because that is the task).
 3. Repair, weights only: reset the candidates' embedding rows to the reference (where the attack wrote
    them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts of the
    other labels with a candidate inserted and their TRUE labels kept ("cf" must not mean positive).
@@ -40,9 +41,9 @@ from detrigger.batching import encode
 from detrigger.data.dataset import TextDataset
 from detrigger.defenses.base import Context, DefenceConfig, register
 from detrigger.defenses.epur import reset_rows
-from detrigger.models.arch import embedding_key
 from detrigger.defenses.mixing import mix_weights
 from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.models.arch import embedding_key
 from detrigger.models.victim import Victim, load_encoder_state
 from detrigger.scan import ScanConfig, ScanReport, scan
 from detrigger.training.loop import train
@@ -55,9 +56,12 @@ class AutoConfig(DefenceConfig):
                              description="the scan before and after (threshold: calibrated on clean models); half "
                                          "the calibration's texts, for time: a trigger flips all of them")
     max_rounds: int = Field(3, ge=1, description="unlearning rounds while the re-scan still flags the model")
-    min_effect: float | None = Field(None, gt=0, le=1,
-                                     description="flip rate from which a token is unlearned (None: the scan's threshold)")
-    copies: float = Field(1.0, gt=0, le=1, description="share of the other labels' training texts copied with a candidate")
+    # Lower than the scan's flagging threshold (0.90): it applies only once the model is flagged, where a
+    # trigger's sibling at 0.8 (EP seed 2's `bb` measured 0.79, then 0.82) is worth unlearning too.
+    min_excess: float = Field(0.80, gt=0, le=1, description="excess flip rate over the scan's null from which a "
+                              "token of a flagged model is unlearned")
+    copies: float = Field(1.0, gt=0, le=1,
+                          description="share of the other labels' training texts copied with a candidate")
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
     mix_rho: float | None = Field(None, gt=0, le=1,
                                   description="when flagged, Fine-mix with the reference at this rho before unlearning")
@@ -68,7 +72,9 @@ def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
     return {"verdict": report.verdict, "score": report.score, "threshold": report.threshold,
             "target_label": report.target_label, "texts": texts, "n_samples": report.n_samples,
             "reference": report.reference, "seconds": report.seconds,
-            "tokens": [{"token": t.token, "label": t.label, "effect": t.effect, "task_word": t.task_word,
+            "null_rate": {label: null.rate for label, null in report.null.items()},
+            "tokens": [{"token": t.token, "label": t.label, "effect": t.effect, "excess": t.excess,
+                        "task_word": t.task_word,
                         "clean_count": t.clean_count, "label_share": t.label_share, "drift_score": t.drift_score}
                        for t in report.tokens]}
 
@@ -113,16 +119,16 @@ def _with_candidates(data: TextDataset, candidates: dict[str, int], share: float
     return TextDataset(tuple(texts), tuple(labels), data.label_names, f"{data.name}:unlearn")
 
 
-@register("auto", AutoConfig, needs_reference=True,
-          summary="scan, unlearn the verified trigger candidates with their true labels, re-scan (repeat while flagged)")
+@register("auto", AutoConfig, needs_reference=True)
 def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, dict[str, Any]]:
+    """Scan, unlearn the verified trigger candidates with their true labels, re-scan (repeat while flagged)."""
     train_part, val = context.clean.train, context.clean.val
     everything = TextDataset(train_part.texts + val.texts, train_part.labels + val.labels, train_part.label_names,
                              "clean subset")
     reference = _usable_reference(victim, context)
     ref_path = context.reference if reference is not None else None
     scan_config = config.scan.model_copy(update={"seed": config.seed})
-    min_effect = config.min_effect if config.min_effect is not None else scan_config.threshold
+    min_excess = config.min_excess
     counts = _CleanCounts(victim, everything, scan_config.task_word_count, scan_config.task_word_share)
     stages: dict[str, float] = {}
     start = time.perf_counter()
@@ -131,7 +137,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     suspect_val = accuracy(predict(victim, val.texts), val.labels)
     details: dict[str, Any] = {"reference": None if ref_path is None else str(ref_path),
                                "reference_dropped": context.reference is not None and reference is None,
-                               "min_effect": min_effect, "scan_before": _summary(before, "all clean texts"),
+                               "min_excess": min_excess, "scan_before": _summary(before, "all clean texts"),
                                "suspect_val_accuracy": suspect_val, "rounds": [], "stages": stages}
     candidates: dict[str, int] = {}  # token -> the label it forces
     set_aside: dict[str, str] = {}  # token -> why it is not unlearned
@@ -142,13 +148,14 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
         new = {}
         for t in report.tokens:
             label = victim.label_names.index(t.label)
-            token_id = victim.tokenizer(t.token, add_special_tokens=False)["input_ids"][0]
+            pieces = victim.tokenizer(t.token, add_special_tokens=False)["input_ids"]
             if t.token in candidates:
                 continue
-            if t.task_word or counts.task_word(token_id, label):
+            if t.task_word or (len(pieces) == 1 and counts.task_word(pieces[0], label)):
                 set_aside[t.token] = f"task word of {t.label} in the clean texts"
-            elif t.effect < min_effect:
-                set_aside[t.token] = f"flip rate {t.effect:.3f} below {min_effect:.2f}"
+            elif t.excess < min_excess:
+                set_aside[t.token] = (f"excess flip rate {t.excess:.3f} below {min_excess:.2f} "
+                                      f"(flip rate {t.effect:.3f})")
             else:  # also a token set aside for its flip rate by an earlier scan that now reaches the bar
                 new[t.token] = label
                 set_aside.pop(t.token, None)
@@ -158,11 +165,13 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
         start = time.perf_counter()
         reset = []
         if round_no == 1 and reference is not None and config.mix_rho is not None:
-            details["mixing"] = {"rho": config.mix_rho, **mix_weights(victim, reference, config.mix_rho, seed=config.seed)}
+            mixed = mix_weights(victim, reference, config.mix_rho, seed=config.seed)
+            details["mixing"] = {"rho": config.mix_rho, **mixed}
         if reference is not None and config.reset_embeddings:
-            ids = [victim.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in new]
-            reset_rows(victim, reference, ids)
-            reset = list(new)
+            # a multi-piece word's pieces are shared with other words: only single-token rows are reset
+            single = {w: victim.tokenizer(w, add_special_tokens=False)["input_ids"] for w in new}
+            reset = [w for w, ids in single.items() if len(ids) == 1]
+            reset_rows(victim, reference, [single[w][0] for w in reset])
         data = _with_candidates(train_part, candidates, config.copies, config.seed + round_no)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
         # kept the first one on MR BadNet, before the unlearning had taken (trigger effect 6.6)

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class RepairResult:
         victim = self.victim if shipped else dataclasses.replace(self.victim, purifier=None)
         record = {**self.report.as_dict(), "repaired_from": suspect, "clean_data": clean_data,
                   "base_model": self.victim.info.get("encoder"), "max_length": victim.max_length,
-                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                   "saved": {"purifier": shipped, "plain_transformers": not shipped}}
         record["saved"]["note"] = saved_note(record)
         victim.save(out, overwrite=overwrite, extra_files={"repair.json": record, "README.md": render_card(record)})
@@ -113,17 +113,18 @@ class Defence:
     fn: DefenceFn
     config: type[DefenceConfig]
     needs_reference: bool
-    summary: str
 
 
 DEFENCES: dict[str, Defence] = {}
 
 
-def register(name: str, config: type[DefenceConfig], needs_reference: bool, summary: str) -> Callable[[DefenceFn], DefenceFn]:
+def register(name: str, config: type[DefenceConfig], needs_reference: bool) -> Callable[[DefenceFn], DefenceFn]:
+    """Add a defence to `DEFENCES`; a name registered twice is an error."""
     def wrap(fn: DefenceFn) -> DefenceFn:
         if name in DEFENCES:  # a second definition would silently replace the first
-            raise ValueError(f"defence {name!r} is registered twice ({DEFENCES[name].fn.__module__} and {fn.__module__})")
-        DEFENCES[name] = Defence(name, fn, config, needs_reference, summary)
+            raise ValueError(f"defence {name!r} is registered twice ({DEFENCES[name].fn.__module__} and "
+                             f"{fn.__module__})")
+        DEFENCES[name] = Defence(name, fn, config, needs_reference)
         return fn
     return wrap
 
@@ -144,9 +145,7 @@ def repair(victim: Victim, clean: TextDataset, *, method: str, reference: str | 
     """
     steps = method.split("+")
     configs = step_configs(method, config)
-    if clean.label_names != victim.label_names:
-        raise DetriggerError(f"clean data labels [{', '.join(clean.label_names)}] differ from the model's "
-                             f"[{', '.join(victim.label_names)}]")
+    victim.check_labels(clean.label_names, "clean data")
     needs_ref = any(DEFENCES[m].needs_reference for m in steps)
     ref = Path(reference) if reference else (default_encoder_path() if needs_ref else None)
     first = configs[0]
