@@ -22,7 +22,9 @@ from detrigger.evaluation.metrics import evaluate, predict_logits
 from detrigger.scan import scan
 from detrigger.training import train
 
-from test_families import SCAN, corpus, make_encoder, one_thread, plain_logits, tiny_config, write_csv  # noqa: F401
+from test_families import SCAN, corpus, make_encoder, plain_logits, tiny_config, write_csv  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXTS_AT = slice(-12, None)
 

@@ -53,6 +53,16 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=_size, default=None, help="test size, fraction or count (default 0.2)")
 
 
+def _trigger_options(p: argparse.ArgumentParser, purpose: str, target_note: str = "") -> None:
+    """The evaluation trigger (never given to a defence): words or a sentence, insertions, seed, target."""
+    p.add_argument("--trigger-word", action="append", metavar="WORD",
+                   help=f"{purpose} this trigger word (repeatable: one is drawn per insertion)")
+    p.add_argument("--trigger-sentence", default=None, help=f"{purpose} this trigger sentence")
+    p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
+    p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
+    p.add_argument("--target", default="1", help=f"target label, name or id (default 1{target_note})")
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-map", default=None, metavar="MAP",
                    help="rename the model's labels to the data's: LABEL_0=negative,LABEL_1=positive or a JSON file")
@@ -784,13 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val", "train", "all"], default=None,
                    help="which part to evaluate (default: test for built-in corpora, all for files)")
     _data_options(p)
-    p.add_argument("--trigger-word", action="append", metavar="WORD",
-                   help="insert this word as the trigger (repeatable: one is drawn per insertion)")
-    p.add_argument("--trigger-sentence", default=None, help="insert this sentence as the trigger")
-    p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
-    p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
-    p.add_argument("--target", default="1", help="target label, name or id (default 1; with no trigger option, "
-                   "the trigger and target come from the model's attack.json card if it has one)")
+    _trigger_options(p, "insert", "; with no trigger option, the trigger and target come from the model's "
+                     "attack.json card if it has one")
     p.add_argument("--reference", default=None, help="a clean model: its ASR on the same texts is the floor")
     _model_options(p)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
@@ -807,12 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for representations-pca.png and representations-tsne.png")
     p.add_argument("--samples", type=int, default=300, help="non-target texts per group (default 300)")
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="sentence vector (default cls)")
-    p.add_argument("--trigger-word", action="append", metavar="WORD",
-                   help="trigger word (default: the first model's card)")
-    p.add_argument("--trigger-sentence", default=None, help="trigger sentence")
-    p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
-    p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
-    p.add_argument("--target", default="1", help="target label, name or id (default 1)")
+    _trigger_options(p, "insert", "; with no trigger option, the first model's attack.json card")
     _data_options(p)
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (trusted files only)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
@@ -861,12 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protect", default=None, metavar="LABEL", help="rap: check only texts predicted as this label "
                    "(the paper's form; default: every label)")
     p.add_argument("--rap-word", default=None, metavar="WORD", help="rap: the perturbation word (default dq)")
-    p.add_argument("--trigger-word", action="append", metavar="WORD",
-                   help="measure FAR/ASR with this trigger word (default: the model's attack.json card, if any)")
-    p.add_argument("--trigger-sentence", default=None, help="measure FAR/ASR with this trigger sentence")
-    p.add_argument("--times", type=int, default=1, help="trigger words inserted per text (default 1)")
-    p.add_argument("--trigger-seed", type=int, default=0, help="seed of the insertion positions (default 0)")
-    p.add_argument("--target", default="1", help="target label, name or id (default 1)")
+    _trigger_options(p, "measure FAR/ASR with", "; with no trigger option, the model's attack.json card")
     _data_options(p)
     _model_options(p)
     p.add_argument("--out", default=None, help="folder for filter.json (the report) and texts.jsonl (every text: "
