@@ -47,6 +47,7 @@ without the drift was tried and made adversarial non-words, not the trigger).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -216,17 +217,18 @@ def word_pieces(victim: Victim) -> tuple[np.ndarray, np.ndarray]:
     return start, cont
 
 
-def glued_words(victim: Victim, texts: list[str], target: int, drift: torch.Tensor, config: ScanConfig,
-                precision: Precision) -> list[str]:
+def glued_words(victim: Victim, texts: list[str], target: int, drift: torch.Tensor,
+                pieces: tuple[torch.Tensor, torch.Tensor], config: ScanConfig, precision: Precision) -> list[str]:
     """Multi-piece candidates from the embedding drift: a trigger the tokenizer cuts into pieces is learnt
     as their sequence, so its pieces' rows drift together (marmalade = mar ##mal ##ade: drift ranks 2, 1, 7 on
     an MR victim), yet no piece flips texts alone ('mar' 0.24; 'marmal' 1.0). Each of the `glued_words`
     most-drifted start pieces gets the continuation, among the `reference_candidates` most-drifted ones,
-    that the gradient prefers right after it (the placeholder glued to the piece: "mar[UNK]")."""
+    that the gradient prefers right after it (the placeholder glued to the piece: "mar[UNK]"). `pieces`:
+    the start and continuation masks of `word_pieces`."""
     if not config.glued_words or not config.reference_candidates:
         return []
     tok = victim.tokenizer
-    start, cont = (torch.from_numpy(m) for m in word_pieces(victim))
+    start, cont = pieces
     heads = torch.topk(drift.masked_fill(~start, -torch.inf), config.glued_words).indices.tolist()
     tails = torch.topk(drift.masked_fill(~cont, -torch.inf), config.reference_candidates).indices
     drifted = torch.zeros_like(cont)
@@ -326,16 +328,18 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         from detrigger.defenses.epur import epur_scores
 
         drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
+        pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label
 
+    @functools.cache  # a glued word's count scans every clean text; the sorts ask again
     def evidence(key: int | str, target: int) -> tuple[int, float | None, bool]:
         """Clean texts containing the token (an id, or a glued word's pieces in a row), the share of them
         with label `target`, and whether that makes it a task word."""
         if isinstance(key, int):
             n, n_target = counts.get(key, 0), by_label[target].get(key, 0)
         else:
-            pieces = victim.tokenizer(key, add_special_tokens=False)["input_ids"]
+            run = victim.tokenizer(key, add_special_tokens=False)["input_ids"]
             inside = [y for ids, y in zip(encoded, clean.labels)
-                      if any(ids[i:i + len(pieces)] == pieces for i in range(len(ids) - len(pieces) + 1))]
+                      if any(ids[i:i + len(run)] == run for i in range(len(ids) - len(run) + 1))]
             n, n_target = len(inside), inside.count(target)
         share = n_target / n if n else None
         return n, share, n >= config.task_word_count and share is not None and share >= config.task_word_share
@@ -374,7 +378,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 chosen += [i for i in top_drift if i not in chosen]
             words: dict[int | str, str] = {i: word_of(victim, i) for i in chosen}
             if drift is not None:
-                words.update((w, w) for w in glued_words(victim, texts, target, drift, config, precision)
+                words.update((w, w) for w in glued_words(victim, texts, target, drift, pieces, config, precision)
                              if w not in words.values())
             drawn = (ordinary[i] for i in null_rng.permutation(len(ordinary)) if ordinary[i] not in words)
             null_words = [word_of(victim, i) for i in itertools.islice(drawn, config.null_words)]
