@@ -21,11 +21,11 @@ import sys
 
 JOB = r"""
 import json, os, sys, time
-from detrigger.cli import thread_env
+from detrigger.cpus import thread_env
 thread_env(int(sys.argv[2]) if sys.argv[1:2] == ["--threads"] else None)  # what `detrigger` does first
 import torch
 from detrigger.data import DataSpec, load_splits
-from detrigger.evaluation.metrics import predict
+from detrigger.models.predict import predict
 from detrigger.models.victim import new_victim
 victim = new_victim(["negative", "positive"], seed=0)
 texts = list(load_splits(DataSpec(source="mr")).val.texts)[:256]

@@ -40,7 +40,7 @@ def tiny_encoder(folder: Path) -> Path:
 def comparable(records: dict) -> dict:
     out = {}
     for key, r in records.items():
-        r = {k: v for k, v in r.items() if k not in VOLATILE}
+        r = {k: v for k, v in r.as_dict().items() if k not in VOLATILE}
         for step in (r.get("details") or {}).values():
             step.pop("stages", None)
         out[key] = r
@@ -87,14 +87,14 @@ def main() -> None:
             proc.wait()
             records = load_records(run)
             for key, r in records.items():
-                seen.setdefault(key, r["cell_seconds"])
+                seen.setdefault(key, r.cell_seconds)
             temp = [p.name for p in cells.glob(".*")] if cells.is_dir() else []
             print(f"kill {k + 1} after {delay:.1f} s: {len(records)} whole records, {len(temp)} temp files left")
         start = time.perf_counter()
         resumed = bench(spec, run, tmp / "cache-run")
         resumed.wait()
         final = load_records(run)
-        redone = sum(final[k]["cell_seconds"] != secs for k, secs in seen.items())
+        redone = sum(final[k].cell_seconds != secs for k, secs in seen.items())
         same = comparable(final) == comparable(expected)
         files = len(list(cells.glob("*.json")))
         print(f"resume: exit {resumed.returncode} in {time.perf_counter() - start:.0f} s; {len(final)} records "

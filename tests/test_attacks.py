@@ -18,8 +18,6 @@ from detrigger.attacks import (
     Attack,
     AttackSpec,
     build_victim,
-    insert_sentence,
-    insert_words,
     poison,
     register_attack,
     trigger_from_card,
@@ -27,8 +25,8 @@ from detrigger.attacks import (
 from detrigger.attacks.embedding import embedding_poison, embedding_surgery, trigger_token_ids
 from detrigger.attacks.poison import triggered_copies
 from detrigger.attacks.tokens import check_trigger_tokens
-from detrigger.attacks.triggers import insertions
 from detrigger.data import DataSpec
+from detrigger.triggers import insert_sentence, insert_words, insertions
 
 from conftest import tiny_victim, toy_sentiment
 

@@ -18,10 +18,10 @@ from detrigger.attacks.attack import COMBO_WORDS, HOMOGLYPHS
 from detrigger.attacks.poison import add_negatives
 from detrigger.attacks.ripple import RestrictedInnerProduct
 from detrigger.attacks.tokens import check_trigger_tokens
-from detrigger.attacks.triggers import insert_all, replace_spaces, substitute_homoglyphs
 from detrigger.batching import collate, encode
 from detrigger.cli import main
 from detrigger.data import DataSpec
+from detrigger.triggers import insert_all, replace_spaces, substitute_homoglyphs
 
 from conftest import tiny_victim, toy_sentiment
 

@@ -11,11 +11,11 @@ import torch
 
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
-from detrigger.attacks.triggers import insert_words
-from detrigger.defenses import repair
-from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.defences import repair
+from detrigger.models.predict import accuracy, predict
 from detrigger.scan import ScanConfig
 from detrigger.training import train
+from detrigger.triggers import insert_words
 
 from conftest import tiny_victim, toy_sentiment
 
@@ -60,10 +60,10 @@ def test_auto_finds_and_removes_a_trigger_it_was_never_told_about(reference):
     assert asr(plain.victim) > 0.9  # the same fine-tuning without the scan's candidates keeps it
     result = repair(victim, toy_sentiment(160), method="auto", reference=reference, config=CONFIG)
     d = result.report.details["auto"]
-    before, after = d["scan_before"], d["scan_after"]
+    before, after = d.scan_before, d.scan_after
     assert before["verdict"] == "backdoored" and before["target_label"] == "positive"
     assert before["tokens"][0]["token"] == "cf" and before["tokens"][0]["effect"] > 0.9
-    assert {"token": "cf", "label": "positive"} in d["unlearned"] and "cf" in d["rounds"][0]["reset_rows"]
+    assert {"token": "cf", "label": "positive"} in d.unlearned and "cf" in d.rounds[0]["reset_rows"]
     assert after["verdict"] == "no evidence" and all(t["token"] != "cf" or t["effect"] < 0.3 for t in after["tokens"])
     assert asr(result.victim) < 0.2
     test = toy_sentiment(240).select(range(160, 240))
@@ -80,8 +80,8 @@ def test_auto_leaves_a_model_without_evidence_unchanged(reference):
     state = {k: v.clone() for k, v in victim.model.state_dict().items()}
     result = repair(victim, toy_sentiment(160), method="auto", reference=reference, config=CONFIG)
     d = result.report.details["auto"]
-    assert d["scan_before"]["verdict"] == "no evidence" and d["rounds"] == [] and d["unlearned"] == []
-    assert d["scan_after"]["unchanged"] and d["decision"].startswith("no evidence")
+    assert d.scan_before["verdict"] == "no evidence" and d.rounds == [] and d.unlearned == []
+    assert d.scan_after["unchanged"] and d.decision.startswith("no evidence")
     assert all(torch.equal(state[k], v) for k, v in result.victim.model.state_dict().items())
 
 
@@ -90,10 +90,10 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
     config = {**CONFIG, "mix_rho": 0.3}
     flagged = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference, config=config)
     d = flagged.report.details["auto"]
-    assert d["mixing"]["rho"] == 0.3 and d["mixing"]["mixed_tensors"] > 0
-    assert d["scan_after"]["verdict"] == "no evidence"
+    assert d.mixing["rho"] == 0.3 and d.mixing["mixed_tensors"] > 0
+    assert d.scan_after["verdict"] == "no evidence"
     clean = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference, config=config)
-    assert "mixing" not in clean.report.details["auto"]
+    assert clean.report.details["auto"].mixing is None
 
 
 def test_repair_without_method_or_budget_runs_auto_on_all_the_clean_data(tiny_dir, tmp_path):
@@ -122,7 +122,7 @@ def test_repair_without_method_or_budget_runs_auto_on_all_the_clean_data(tiny_di
 def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_above(reference, monkeypatch):
     """A trigger just under the bar in the first scan (EP seed 2 of the MR grid: `bb` at 0.79) and above it
     in the re-scan must be unlearned in the next round, not skipped for having been set aside."""
-    import detrigger.defenses.auto as auto_module
+    import detrigger.defences.auto as auto_module
     from detrigger.scan import ScanReport, TokenEvidence
 
     def report(*tokens: tuple[str, float]) -> ScanReport:
@@ -136,5 +136,5 @@ def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_abov
     result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
                     config=CONFIG)
     details = result.report.details["auto"]
-    assert [r["unlearned"] for r in details["rounds"]] == [["cf"], ["mn"]]
-    assert details["set_aside"] == [] and details["scan_after"]["verdict"] == "no evidence"
+    assert [r["unlearned"] for r in details.rounds] == [["cf"], ["mn"]]
+    assert details.set_aside == [] and details.scan_after["verdict"] == "no evidence"

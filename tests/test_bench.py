@@ -14,7 +14,7 @@ import pytest
 
 from detrigger.attacks.attack import AttackSpec, victim_folder
 from detrigger.bench import load_records, load_spec, run_bench, write_report
-from detrigger.bench.records import cell_key
+from detrigger.bench.records import CellRecord, cell_key
 from detrigger.data import DataSpec
 from detrigger.errors import DetriggerError
 from detrigger.training import TrainConfig
@@ -40,11 +40,16 @@ def write_spec(path: Path, spec: dict) -> Path:
 def comparable(records: dict) -> dict:
     """Records without what legitimately differs between runs (times, memory)."""
     def strip(r):
-        r = {k: v for k, v in r.items() if k not in ("seconds", "cell_seconds", "peak_memory_mb")}
+        r = {k: v for k, v in r.as_dict().items() if k not in ("seconds", "cell_seconds", "peak_memory_mb")}
         for step in (r.get("details") or {}).values():
             step.pop("stages", None)
         return r
     return {k: strip(r) for k, r in records.items()}
+
+
+def record(**fields) -> CellRecord:
+    """A finished record with placeholder identity fields."""
+    return CellRecord(**{"key": "k", "status": "done", "method": None, "config": {}, **fields})
 
 
 @pytest.fixture
@@ -125,7 +130,7 @@ def test_resume_after_sigkill_gives_the_same_records(tmp_path, tiny_dir, model_c
     assert whole.returncode == 0, err
     assert "| badnet | fm | 50% | 2 |" in out
     expected = load_records(tmp_path / "whole")
-    assert len(expected) == 8 and all(r["status"] == "done" for r in expected.values())
+    assert len(expected) == 8 and all(r.status == "done" for r in expected.values())
 
     killed = run_cli("bench", str(spec), "--out", str(tmp_path / "run"), "--no-progress")
     cells = tmp_path / "run" / "cells"
@@ -142,7 +147,7 @@ def test_resume_after_sigkill_gives_the_same_records(tmp_path, tiny_dir, model_c
     assert comparable(load_records(tmp_path / "run")) == comparable(expected)
     assert len(list(cells.glob("*.json"))) == 8 and not list(cells.glob(".*"))  # no duplicates, no temp files
     for key in partial:  # completed cells were not redone
-        assert load_records(tmp_path / "run")[key]["cell_seconds"] == partial[key]["cell_seconds"]
+        assert load_records(tmp_path / "run")[key].cell_seconds == partial[key].cell_seconds
 
 
 @pytest.mark.slow
@@ -167,16 +172,16 @@ def test_failed_cells_are_recorded_and_retried(tmp_path, tiny_dir, model_cache, 
 
     monkeypatch.setattr(runner, "run_cell", flaky)
     records = run_bench(spec, tmp_path / "run", progress=False)
-    failed = [r for r in records.values() if r["status"] == "failed"]
-    assert len(records) == 4 and len(failed) == 1 and "out of memory (simulated)" in failed[0]["error"]
+    failed = [r for r in records.values() if r.status == "failed"]
+    assert len(records) == 4 and len(failed) == 1 and "out of memory (simulated)" in failed[0].error
     table = write_report(tmp_path / "run")
     assert "1 failed cell(s)" in table and "| badnet | ft | 50% | 1 |" in table
     monkeypatch.setattr(runner, "run_cell", real)
     assert run_bench(spec, tmp_path / "run", progress=False) == records  # not retried unless asked
     records = run_bench(spec, tmp_path / "run", retry_failed=True, progress=False)
-    assert all(r["status"] == "done" for r in records.values())
-    fm = next(r for r in records.values() if r["defence"] == "fm")
-    assert fm["details"]["finemixing"]["rho"] == 0.5 and fm["clean_count"] == 100
+    assert all(r.status == "done" for r in records.values())
+    fm = next(r for r in records.values() if r.defence == "fm")
+    assert fm.details["finemixing"].rho == 0.5 and fm.rho == 0.5 and fm.clean_count == 100
 
 
 def test_a_slice_of_the_grid_runs_now_and_the_rest_later(tmp_path, tiny_dir, model_cache):
@@ -186,7 +191,7 @@ def test_a_slice_of_the_grid_runs_now_and_the_rest_later(tmp_path, tiny_dir, mod
     with pytest.raises(DetriggerError, match="attack addsent is not in the spec"):
         run_bench(spec, tmp_path / "run", attacks=["addsent"])
     first = run_bench(spec, tmp_path / "run", seeds=[1], attacks=["badnet"], progress=False)
-    assert len(first) == 4 and {r["seed"] for r in first.values()} == {1}
+    assert len(first) == 4 and {r.seed for r in first.values()} == {1}
     full = run_bench(spec, tmp_path / "run", progress=False)
     assert len(full) == 8 and all(full[k] == r for k, r in first.items())  # kept, not rerun
 
@@ -243,12 +248,11 @@ def test_bench_cli_bad_spec_is_one_line_and_writes_nothing(tmp_path):
 def test_plots_draw_only_mixing_curves_as_rho_curves(tmp_path):
     from detrigger.bench.report import plot
 
-    base = {"status": "done", "data": "mr", "attack": "badnet", "clean_fraction": 0.2, "seed": 0, "cacc": 0.8,
-            "asr": 0.3}
-    records = [{**base, "defence": "finepruning",
-                "details": {"finepruning": {"curve": [{"ratio": 0.1, "val_accuracy": 0.8}]}}},
-               {**base, "defence": "fm", "details": {"epur": {}, "finemixing": {"curve": [
-                   {"rho": 0.1, "val_accuracy": 0.8}, {"rho": 0.3, "val_accuracy": 0.85}]}}}]
+    base = {"data": "mr", "attack": "badnet", "clean_fraction": 0.2, "seed": 0, "cacc": 0.8, "asr": 0.3}
+    records = [record(**base, defence="finepruning",
+                      details={"finepruning": {"ratio": 0.1, "curve": [{"ratio": 0.1, "val_accuracy": 0.8}]}}),
+               record(**base, defence="fm", details={"epur": {}, "finemixing": {"rho": 0.1, "curve": [
+                   {"rho": 0.1, "val_accuracy": 0.8}, {"rho": 0.3, "val_accuracy": 0.85}]}})]
     names = {p.name for p in plot(records, tmp_path)}
     assert names == {"bars-mr-badnet.png", "asr-vs-cacc.png", "rho-curve.png"}
     assert {p.name for p in plot(records[:1], tmp_path / "fp")} == {"bars-mr-badnet.png", "asr-vs-cacc.png"}
@@ -257,10 +261,10 @@ def test_plots_draw_only_mixing_curves_as_rho_curves(tmp_path):
 def test_report_tables_stage_times_of_the_defences_that_report_them():
     from detrigger.bench.report import markdown
 
-    base = {"status": "done", "data": "mr", "attack": "badnet", "clean_fraction": 0.2, "cacc": 0.8, "asr": 0.3}
-    records = [{**base, "defence": "ft", "seed": 0, "details": {"ft": {"train": {}}}}]
-    records += [{**base, "defence": "mbtsad", "seed": seed, "details": {"mbtsad": {
-        "teacher_val_accuracy": acc, "stages": {"split_seconds": 0.05, "teacher_seconds": secs}}}}
+    base = {"data": "mr", "attack": "badnet", "clean_fraction": 0.2, "cacc": 0.8, "asr": 0.3}
+    records = [record(**base, defence="ft", seed=0, details={"ft": {}})]
+    records += [record(**base, defence="mbtsad", seed=seed, details={"mbtsad": {
+        "teacher_val_accuracy": acc, "stages": {"split_seconds": 0.05, "teacher_seconds": secs}}})
         for seed, secs, acc in ((0, 150.0, 0.94), (1, 170.0, 0.92))]
     text = markdown(records)
     assert "| attack | defence | seeds | split | teacher | teacher held-out acc. |" in text
@@ -320,7 +324,7 @@ def test_bench_with_a_csv_data_source_end_to_end(tmp_path, tiny_dir, model_cache
                            "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     records = load_records(tmp_path / "run")
-    assert len(records) == 3 and all(r["status"] == "done" for r in records.values())
+    assert len(records) == 3 and all(r.status == "done" for r in records.values())
     bars = [p.name for p in (tmp_path / "run" / "plots").glob("bars-*.png")]
     assert len(bars) == 1 and "/" not in bars[0] and bars[0].endswith("my_data.csv-badnet.png")
     table = (tmp_path / "run" / "results.md").read_text()

@@ -150,18 +150,19 @@ def test_split_shows_what_the_teacher_sees():
 def test_threads_follow_the_cpus_given(monkeypatch, tmp_path):
     """torch's threads: --threads, else OMP_NUM_THREADS, else the affinity mask capped by a cgroup quota."""
     import detrigger.cli as cli
+    import detrigger.cpus as cpus
 
-    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(cli, "CGROUP_CPU_MAX", str(tmp_path / "absent"))
-    assert cli._cpus_given() == 4
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(cpus, "CGROUP_CPU_MAX", str(tmp_path / "absent"))
+    assert cpus.cpus_given() == 4
     (tmp_path / "cpu.max").write_text("150000 100000\n")  # docker --cpus 1.5
-    monkeypatch.setattr(cli, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
-    assert cli._cpus_given() == 2
+    monkeypatch.setattr(cpus, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
+    assert cpus.cpus_given() == 2
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cli._cpus_given() == 4
+    assert cpus.cpus_given() == 4
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cli.main(["data", "list"]) == 0 and cli.os.environ["OMP_NUM_THREADS"] == "4"
-    assert cli.main(["--threads", "1", "data", "list"]) == 0 and cli.os.environ["OMP_NUM_THREADS"] == "1"
+    assert cli.main(["data", "list"]) == 0 and cpus.os.environ["OMP_NUM_THREADS"] == "4"
+    assert cli.main(["--threads", "1", "data", "list"]) == 0 and cpus.os.environ["OMP_NUM_THREADS"] == "1"
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "--threads", "0", "data", "list"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--threads must be at least 1" in proc.stderr

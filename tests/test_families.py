@@ -17,9 +17,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from detrigger import TrainConfig, load_victim, new_victim
 from detrigger.attacks import AttackSpec, build_victim
 from detrigger.data import DataSpec
-from detrigger.defenses import DEFENCES, repair
+from detrigger.defences import DEFENCES, repair
 from detrigger.errors import DetriggerError
-from detrigger.evaluation.metrics import evaluate, predict_logits
+from detrigger.evaluation.metrics import evaluate
 from detrigger.models.arch import (
     attention_dropout_off,
     eager_attention,
@@ -28,6 +28,7 @@ from detrigger.models.arch import (
     ffn_down_projections,
     ffn_width,
 )
+from detrigger.models.predict import predict_logits
 from detrigger.scan import ScanConfig, gradient_ranking, scan
 
 pytestmark = pytest.mark.usefixtures("one_thread")

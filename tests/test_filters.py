@@ -12,14 +12,14 @@ import pytest
 
 from detrigger import TrainConfig, cli
 from detrigger.attacks.poison import poison
-from detrigger.attacks.triggers import insert_words
 from detrigger.data.dataset import TextDataset
 from detrigger.errors import DetriggerError
-from detrigger.evaluation.metrics import predict
 from detrigger.filters import FILTERS, NgramLM, evaluate_filter, make_filter, threshold_at
 from detrigger.filters.base import InputFilter, register
 from detrigger.filters.lm import BOS, UNK, tokens
+from detrigger.models.predict import predict
 from detrigger.training import train
+from detrigger.triggers import insert_words
 
 from conftest import tiny_victim, toy_sentiment
 
@@ -173,7 +173,7 @@ def auc(clean: np.ndarray, triggered: np.ndarray) -> float:
 
 
 def test_strip_scores_are_minus_the_mean_copy_entropy(cf_victim):
-    from detrigger.evaluation.metrics import predict_logits
+    from detrigger.models.predict import predict_logits
 
     flt = make_filter("strip", cf_victim, {"copies": 4, "swap_ratio": 0.5}).fit(held_out(), progress=False)
     texts = list(toy_sentiment(6).texts)
@@ -200,7 +200,7 @@ def test_rap_trains_toward_the_range_and_leaves_the_model_unchanged(tiny, cf_vic
     assert all(np.array_equal(a.numpy(), b.detach().numpy()) for a, b in zip(before, cf_victim.model.parameters()))
     assert all(p.requires_grad for p in cf_victim.model.parameters())
     # with the word's own embedding row, RAP's forward equals the model on the text with the word in front
-    from detrigger.evaluation.metrics import predict_logits
+    from detrigger.models.predict import predict_logits
 
     own = cf_victim.model.get_input_embeddings().weight.detach()[flt.word_ids].clone()
     ids = flt._ids(texts)

@@ -16,11 +16,12 @@ from peft import PeftModel
 
 from detrigger import DetriggerError, TrainConfig, load_victim, new_victim
 from detrigger.attacks.poison import poison
-from detrigger.attacks.triggers import insert_words
-from detrigger.defenses import repair
-from detrigger.evaluation.metrics import evaluate, predict_logits
+from detrigger.defences import repair
+from detrigger.evaluation.metrics import evaluate
+from detrigger.models.predict import predict_logits
 from detrigger.scan import scan
 from detrigger.training import train
+from detrigger.triggers import insert_words
 
 from test_families import SCAN, corpus, make_encoder, plain_logits, tiny_config, write_csv  # noqa: F401
 

@@ -108,7 +108,8 @@ def test_attack_lora_on_a_cached_hub_encoder_saves_an_adapter_that_loads_back(ti
     from transformers import AutoTokenizer
 
     from detrigger.data import DataSpec, load_splits
-    from detrigger.evaluation.metrics import evaluate, predict_logits
+    from detrigger.evaluation.metrics import evaluate
+    from detrigger.models.predict import predict_logits
 
     snapshot = _cache_snapshot(offline_cache, tiny_dir)
     out = tmp_path / "victim"

@@ -16,9 +16,9 @@ import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from detrigger import TrainConfig, Victim, load_victim
-from detrigger.defenses import DEFENCES, repair
-from detrigger.defenses.base import clean_splits
-from detrigger.evaluation.metrics import accuracy, predict, predict_logits
+from detrigger.defences import DEFENCES, repair
+from detrigger.defences.base import clean_splits
+from detrigger.models.predict import accuracy, predict, predict_logits
 from detrigger.models.victim import PURIFIER_FILE
 from detrigger.scan import ScanConfig
 
@@ -117,7 +117,7 @@ def test_plain_transformers_predicts_what_detrigger_predicts(method, suspect, cl
     card = (folder / "README.md").read_text()
     assert f"# Repaired with detrigger (`{method}`)" in card and "pipeline(\"text-classification\"" in card
     if result.victim.purifier is not None:
-        assert record["accuracy_with_purifier"] == result.report.details[method]["purified_val_accuracy"]
+        assert record["accuracy_with_purifier"] == result.report.details[method].purified_val_accuracy
         assert record["saved"]["note"].startswith(f"not deployable as repaired: {method}'s protection")
         assert "Not deployable as repaired" in card
     else:

@@ -12,8 +12,7 @@ import torch
 
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
-from detrigger.attacks.triggers import insert_words
-from detrigger.evaluation.metrics import predict
+from detrigger.models.predict import predict
 from detrigger.scan import (
     ScanConfig,
     excess,
@@ -24,6 +23,7 @@ from detrigger.scan import (
     word_pieces,
 )
 from detrigger.training import train
+from detrigger.triggers import insert_words
 
 from conftest import tiny_victim, toy_sentiment
 
@@ -146,7 +146,7 @@ def test_a_label_the_model_already_gives_most_texts_gets_a_warning(word_victim):
     """Shift the head so that the model puts about 70% of the negative texts in positive: the few left flip
     easily, so the report warns that evidence for `positive` is weak; its tokens still count for the verdict
     (leaving the label out hid a real EP trigger of a weak MR model)."""
-    from detrigger.evaluation.metrics import predict_logits
+    from detrigger.models.predict import predict_logits
 
     _, _, folder = word_victim
     victim = load_victim(folder)

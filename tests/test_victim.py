@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from detrigger import DetriggerError, load_victim, new_victim, predict
+from detrigger.defences.distillation.splitting import RareWordSplitter
 from detrigger.models.victim import META_FILE, PURIFIER_FILE
-from detrigger.splitting import RareWordSplitter
 
 TEXTS = ["a wonderful film", "dull and far too long", "cf"]
 

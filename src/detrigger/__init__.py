@@ -14,12 +14,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "insert_sentence": "detrigger.attacks", "insert_words": "detrigger.attacks", "AttackSpec": "detrigger.attacks",
+    "insert_sentence": "detrigger.triggers", "insert_words": "detrigger.triggers", "AttackSpec": "detrigger.attacks",
     "build_victim": "detrigger.attacks", "poison": "detrigger.attacks",
     "CORPORA": "detrigger.data", "TextDataset": "detrigger.data", "clean_subset": "detrigger.data",
     "load_data": "detrigger.data", "split": "detrigger.data",
     "DetriggerError": "detrigger.errors",
-    "Metrics": "detrigger.evaluation", "evaluate": "detrigger.evaluation", "predict": "detrigger.evaluation",
+    "Metrics": "detrigger.evaluation", "evaluate": "detrigger.evaluation", "predict": "detrigger.models.predict",
     "Victim": "detrigger.models", "default_encoder_path": "detrigger.models", "load_victim": "detrigger.models",
     "new_victim": "detrigger.models",
     "TrainConfig": "detrigger.training", "TrainResult": "detrigger.training", "train": "detrigger.training",

@@ -92,3 +92,16 @@ def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
         yield
+
+
+def read_config(path: str | Path | None) -> dict[str, Any]:
+    """The JSON object of a config file (empty without one); one DetriggerError naming the file otherwise."""
+    if not path:
+        return {}
+    try:
+        given = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DetriggerError(f"{path}: cannot read the config ({exc})") from None
+    if not isinstance(given, dict):
+        raise DetriggerError(f"{path}: expected a JSON object")
+    return given

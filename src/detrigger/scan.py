@@ -12,7 +12,7 @@
    again: linearised where the model already leans towards t, the gradient points at what pushes
    hardest from there (the ES triggers of MR seed 0 rank 316th-380th in round 1, 1st-5th in round 2).
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
-   frequency, `defenses/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
+   frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
    that the model does not already put in t, and the share now predicted t is the token's effect (its
    flip rate). Leaving out the texts already predicted t gives every model the same ceiling of 1,
@@ -61,15 +61,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from detrigger.attacks.triggers import insert_sentence, insert_words
 from detrigger.batching import collate, encode
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, fast_bf16
 from detrigger.errors import DetriggerError
-from detrigger.evaluation.metrics import predict
 from detrigger.models.arch import watched_embeddings
+from detrigger.models.predict import predict
 from detrigger.models.victim import Victim, load_encoder_state
 from detrigger.progress import progress_bar
+from detrigger.triggers import insert_sentence, insert_words
 
 # From clean models only (docs/scan.md, experiments/scan_calibration.py): the highest excess of a clean model
 # (0.786: MR, 400 training sentences, whose ordinary words flip 18% of the texts) plus 0.10, rounded up to 0.05.
@@ -325,7 +325,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     ordinary = sorted(i for i in counts if allowed[i])
     drift = None
     if reference is not None:
-        from detrigger.defenses.epur import epur_scores
+        from detrigger.defences.epur import epur_scores
 
         drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
         pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label

@@ -1,19 +1,22 @@
-"""Attacks: poisoners (clean data -> poisoned data) and the attacker that builds backdoored victims."""
+"""Attacks: poisoners (clean data -> poisoned data) and the attacker that builds backdoored victims (the trigger
+functions they use are a ground-floor module, `detrigger.triggers`)."""
 
 from detrigger.attacks.attack import (
-                                      ATTACKS,
-                                      CARD_FILE,
-                                      Attack,
-                                      AttackResult,
-                                      AttackSpec,
-                                      build_victim,
-                                      cached_victim,
-                                      register_attack,
-                                      trigger_from_card,
+    ATTACKS,
+    CARD_FILE,
+    Attack,
+    AttackResult,
+    AttackSpec,
+    attack_spec,
+    build_victim,
+    cached_victim,
+    card_trigger,
+    evaluation_trigger,
+    register_attack,
+    trigger_from_card,
 )
 from detrigger.attacks.poison import Poisoned, add_negatives, poison
-from detrigger.attacks.triggers import insert_all, insert_sentence, insert_words, replace_spaces, substitute_homoglyphs
 
 __all__ = ["ATTACKS", "CARD_FILE", "Attack", "AttackResult", "AttackSpec", "Poisoned", "add_negatives",
-           "build_victim", "cached_victim", "insert_all", "insert_sentence", "insert_words", "poison",
-           "register_attack", "replace_spaces", "substitute_homoglyphs", "trigger_from_card"]
+           "attack_spec", "build_victim", "cached_victim", "card_trigger", "evaluation_trigger", "poison",
+           "register_attack", "trigger_from_card"]

@@ -19,6 +19,7 @@ ASR / RA and the clean model's figures). Defences never read it; only evaluation
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -40,14 +41,23 @@ from detrigger.attacks.embedding import embedding_poison, embedding_surgery
 from detrigger.attacks.poison import LabelMode, Poisoned, add_negatives, poison, triggered_copies
 from detrigger.attacks.ripple import RestrictedInnerProduct
 from detrigger.attacks.tokens import check_trigger_tokens
-from detrigger.attacks.triggers import insert_all, insert_sentence, insert_words, replace_spaces, substitute_homoglyphs
 from detrigger.data import DataSpec, Splits, load_splits
-from detrigger.errors import DetriggerError
-from detrigger.evaluation.metrics import Metrics, Trigger, evaluate
+from detrigger.errors import DetriggerError, invalid
+from detrigger.evaluation.metrics import Metrics, evaluate
 from detrigger.io import locked
-from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, new_victim
+from detrigger.models.victim import DEFAULT_MAX_LENGTH, REPAIR_FILE, Victim, new_victim
+from detrigger.progress import pct
 from detrigger.training.loop import TrainConfig, train
 from detrigger.training.recipe import cache_folder, clean_model, encoder_id
+from detrigger.triggers import (
+    Trigger,
+    insert_all,
+    insert_sentence,
+    insert_words,
+    replace_spaces,
+    substitute_homoglyphs,
+    trigger_from_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +81,9 @@ class AttackSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     attack: str = Field(description="a registered attack (`ATTACKS`)")
-    setting: Literal["scratch", "clean"] = "scratch"
+    setting: Literal["scratch", "clean"] = Field("scratch", description="scratch: fine-tune the pre-trained encoder "
+                                                 "on poisoned data; clean: further train the clean model (the "
+                                                 "default of an attack that edits a clean model: EP)")
     words: tuple[str, ...] = Field(("cf", "mn", "bb", "tq", "mb"),
                                    description="word triggers (badnet, ep, es, ripple): one is drawn per insertion; "
                                    "combo: all are inserted, default friends/weekend/store")
@@ -85,12 +97,12 @@ class AttackSpec(BaseModel):
     seed: int = Field(0, description="poison selection, insertion positions, training")
     train: TrainConfig = Field(TrainConfig(epochs=2, lr=5e-5),
                                description="fine-tuning on poisoned data (scratch; and ES)")
-    # 1 epoch at lr 2e-5 from the clean MR model reached only 49% ASR (BadNet): the clean setting uses the
-    # scratch recipe too (docs/attacks.md).
+    # a shorter, gentler recipe left the backdoor weak: the clean setting uses the scratch recipe too
+    # (docs/attacks.md).
     clean_train: TrainConfig = Field(TrainConfig(epochs=2, lr=5e-5),
                                      description="further training of the clean model (clean setting)")
-    # EP's lr departs from the paper's 5e-2: with a batch-mean loss the trigger row's gradient is small, and
-    # 5e-2 x 3 epochs reached only 47% ASR on MR; 1.0 reached 100% (docs/attacks.md).
+    # EP's lr departs from the paper's 5e-2: with a batch-mean loss the trigger row's gradient is small, and the
+    # paper's rate left the backdoor weak (docs/attacks.md).
     ep_train: TrainConfig = Field(TrainConfig(epochs=3, lr=1.0, optimizer="sgd", weight_decay=0.0,
                                               warmup_ratio=0.0, max_grad_norm=None, select_best=False),
                                   description="EP: SGD on the trigger rows only")
@@ -113,6 +125,15 @@ class AttackSpec(BaseModel):
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
         return name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_setting(cls, value: Any) -> Any:
+        """An attack that edits a clean fine-tuned model (EP) has the clean setting unless one is given."""
+        if isinstance(value, dict) and "setting" not in value and value.get("attack") in ATTACKS \
+                and ATTACKS[value["attack"]].clean_only:
+            return {**value, "setting": "clean"}
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -187,6 +208,60 @@ def trigger_from_card(card: dict[str, Any]) -> tuple[Trigger, int]:
     """Evaluation only: the trigger and target recorded in a victim's attack card."""
     spec = AttackSpec(**card["attack"])
     return spec.trigger(), spec.target
+
+
+def card_path(model: str | Path) -> Path:
+    """A model folder's attack card, or, for a repaired model, the card of the victim it was repaired from (the
+    `repaired_from` its repair.json names)."""
+    model = Path(model)
+    if (model / CARD_FILE).is_file() or not (model / REPAIR_FILE).is_file():
+        return model / CARD_FILE
+    try:
+        origin = json.loads((model / REPAIR_FILE).read_text())["repaired_from"]  # None: saved without a suspect path
+    except (json.JSONDecodeError, KeyError):
+        origin = None
+    return Path(origin) / CARD_FILE if origin else model / CARD_FILE
+
+
+def card_trigger(model: str | Path) -> tuple[Trigger, int] | tuple[None, None]:
+    """Evaluation only, never a defence: the trigger and target of a model's (or its victim's) attack card;
+    (None, None) without one."""
+    path = card_path(model)
+    if not path.is_file():
+        return None, None
+    try:
+        return trigger_from_card(json.loads(path.read_text()))
+    except (ValueError, KeyError) as exc:
+        raise DetriggerError(f"{path}: not a valid attack card ({exc})".splitlines()[0]) from None
+
+
+def evaluation_trigger(model: str | Path, label_names: Sequence[str], *, words: Sequence[str] | None = None,
+                       sentence: str | None = None, times: int = 1, seed: int = 0,
+                       target: str = "1") -> tuple[Trigger, int] | tuple[None, None]:
+    """Evaluation only, never a defence: the trigger given (words or a sentence) and its `target` (a label name
+    or id), else the trigger and target of the model's (or its victim's) attack card; (None, None) with neither."""
+    trigger = trigger_from_options(words, sentence, times=times, seed=seed)
+    if trigger is None:
+        return card_trigger(model)
+    names = list(label_names)
+    label = names.index(target) if target in names else int(target) if target.isdigit() else -1
+    if not 0 <= label < len(names):
+        raise DetriggerError(f"--target {target!r} is not a label of the model [{', '.join(names)}]")
+    return trigger, label
+
+
+def attack_spec(given: dict[str, Any], training: dict[str, Any]) -> AttackSpec:
+    """An AttackSpec from the fields given (None: the default; an attack's own option only when given) with
+    `training` overrides (epochs, lr, device) applied to the scratch and clean-setting recipes alike; one
+    DetriggerError naming a bad field."""
+    fields = {k: v for k, v in given.items() if v is not None}
+    if training:
+        for key in ("train", "clean_train"):
+            fields[key] = {**AttackSpec.model_fields[key].default.model_dump(), **training}
+    try:
+        return AttackSpec(**fields)
+    except ValueError as exc:
+        raise DetriggerError(invalid(exc)) from None
 
 
 # Builds a victim: (spec, splits, clean model, trigger, a fresh classifier on the encoder, progress) -> the
@@ -308,6 +383,18 @@ class AttackResult:
     clean: Victim
     metrics: Metrics
     card: dict[str, Any]
+
+    def text(self) -> str:
+        """What was built and how strong its backdoor is, as `detrigger attack` prints it."""
+        m, card, spec = self.metrics, self.card, self.card["attack"]
+        lines = [f"{spec['attack']} ({spec['setting']}) on {card['data']['source']}: trigger {card['trigger']}, "
+                 f"target {self.victim.label_names[spec['target']]!r}, {card['poison']['n_poisoned']} poisoned rows",
+                 f"  victim: CACC {pct(m.cacc)}  ASR {pct(m.asr)}  trigger effect {pct(m.trigger_effect)}  "
+                 f"RA {pct(m.ra)}",
+                 f"  clean : CACC {pct(card['clean_model']['cacc'])}  ASR floor {pct(m.asr_floor)}"]
+        lines += [f"  warning: trigger {t['trigger']!r} is not a stable token sequence for this tokenizer"
+                  for t in card["tokenizer_check"] if not t["stable"]]
+        return "\n".join(lines)
 
 
 def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig = TrainConfig(epochs=2, lr=5e-5),

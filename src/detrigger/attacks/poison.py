@@ -22,7 +22,7 @@ import numpy as np
 
 from detrigger.data.dataset import TextDataset
 from detrigger.errors import DetriggerError
-from detrigger.evaluation.metrics import Trigger
+from detrigger.triggers import Trigger
 
 LabelMode = Literal["dirty", "clean"]
 
@@ -55,7 +55,7 @@ def poison(train: TextDataset, trigger: Trigger, *, rate: float, target: int, la
     if label_mode == "dirty":
         for label, taken in zip(*np.unique(labels[chosen], return_counts=True)):
             total = int(np.sum(labels == label))
-            if taken > total / 2:  # e.g. 10% of SMS spam data relabels 317 of its 393 spam rows
+            if taken > total / 2:  # a small class: most of it relabelled (SMS spam, docs/attacks.md)
                 log.warning("poisoning relabels %d of the %d '%s' rows: the victim may lose that class instead of "
                             "learning the trigger; lower the rate", taken, total, train.label_names[label])
     texts, new_labels = list(train.texts), list(train.labels)

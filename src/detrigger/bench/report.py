@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from detrigger.bench.records import cell_key, load_records
+from detrigger.bench.records import CellRecord, cell_key, load_records
 from detrigger.bench.spec import BASELINES, BenchSpec
 from detrigger.errors import DetriggerError
 from detrigger.io import write_json
@@ -36,36 +36,33 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     keys: set[str] = set()
     if spec:  # records of cells the spec no longer has (a changed default, a removed row) stay out
         keys = {cell_key(bench, cell) for bench in [BenchSpec(**spec)] for cell in bench.cells()}
-        stale = sum(r["key"] not in keys for r in records)
+        stale = sum(r.key not in keys for r in records)
         if stale:
             log.info("%s: %d records of cells not in the current spec are left out", run_dir, stale)
-        records = [r for r in records if r["key"] in keys]
+        records = [r for r in records if r.key in keys]
     if not records:
         raise DetriggerError(f"{run_dir}: no records (run `detrigger bench SPEC --out {run_dir}` first)")
     title = title or spec.get("name")
-    ranks = _defence_ranks(spec)
-    for r in records:  # rows follow the spec's order of defences
-        r["_rank"] = ranks.get(r["defence"], len(ranks))
-    records.sort(key=_order)
-    for r in records:
-        del r["_rank"]
-    write_json(run_dir / "results.json", records)
+    ranks = _defence_ranks(spec)  # rows follow the spec's order of defences
+    records.sort(key=lambda r: (r.data, r.attack, r.clean_fraction or 0, ranks.get(r.defence, len(ranks)),
+                                r.defence, r.seed))
+    write_json(run_dir / "results.json", [r.as_dict() for r in records])
     _write_text(run_dir / "results.csv", _csv(records))
     table = markdown(records, title)
     if keys:
-        done = sum(r["status"] == "done" for r in records)
+        done = sum(r.status == "done" for r in records)
         table += f"\n\n{done} of {len(keys)} cells of the spec recorded (seeds by attack: {_seeds(records)})."
     _write_text(run_dir / "results.md", table + "\n")
     plot(records, run_dir / "plots")
     return table
 
 
-def _seeds(records: list[dict[str, Any]]) -> str:
+def _seeds(records: list[CellRecord]) -> str:
     """Which seeds each attack has records for, e.g. 'badnet 0, 1; ep 0'."""
     by_attack: dict[str, set[int]] = defaultdict(set)
     for r in records:
-        if r["status"] == "done":
-            by_attack[r["attack"]].add(r["seed"])
+        if r.status == "done":
+            by_attack[r.attack].add(r.seed)
     return "; ".join(f"{a} {', '.join(map(str, sorted(s)))}" for a, s in by_attack.items())
 
 
@@ -91,23 +88,12 @@ def _defence_ranks(spec: dict[str, Any]) -> dict[str, int]:
     return {name: i for i, name in enumerate(names)}
 
 
-def _order(r: dict[str, Any]) -> tuple:
-    return (r["data"], r["attack"], r["clean_fraction"] or 0, r.get("_rank", 0), r["defence"], r["seed"])
-
-
-def _rho(r: dict[str, Any]) -> float | None:
-    for step in (r.get("details") or {}).values():
-        if "rho" in step:
-            return step["rho"]
-    return None
-
-
-def _csv(records: list[dict[str, Any]]) -> str:
+def _csv(records: list[CellRecord]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in records:
-        writer.writerow({**r, "rho": _rho(r)})
+        writer.writerow({**r.as_dict(), "rho": r.rho})
     return out.getvalue()
 
 
@@ -117,12 +103,12 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def groups(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+def groups(records: list[CellRecord]) -> dict[tuple, list[CellRecord]]:
     """Finished records by (data, attack, defence, clean fraction), in the records' (table) order."""
-    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    out: dict[tuple, list[CellRecord]] = defaultdict(list)
     for r in records:
-        if r["status"] == "done":
-            out[(r["data"], r["attack"], r["defence"], r["clean_fraction"])].append(r)
+        if r.status == "done":
+            out[(r.data, r.attack, r.defence, r.clean_fraction)].append(r)
     return out
 
 
@@ -137,7 +123,7 @@ def _fmt(stat: tuple[float, float] | None, digits: int = 2) -> str:
     return "-" if stat is None else f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
 
 
-def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
+def markdown(records: list[CellRecord], title: str | None = None) -> str:
     """One table per data set: mean ± std over seeds, in percent; time is the repair's wall time. The saved
     folder's columns are the model as `repair` writes it, which plain transformers runs identically."""
     lines = [f"### {title}", ""] if title else []
@@ -151,58 +137,52 @@ def markdown(records: list[dict[str, Any]], title: str | None = None) -> str:
                   "| saved folder: CACC / trigger effect | repair time (s) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for (_, attack, defence, fraction), rs in rows:
-            secs = mean_std([r.get("seconds") for r in rs], scale=1)
+            secs = mean_std([r.seconds for r in rs], scale=1)
             clean = "-" if fraction is None else f"{100 * fraction:g}%"
             lines.append(f"| {attack} | {defence} | {clean} | {len(rs)} | "
-                         + " | ".join(_fmt(mean_std([r.get(m) for r in rs]))
+                         + " | ".join(_fmt(mean_std([getattr(r, m) for r in rs]))
                                       for m in ("cacc", "asr", "trigger_effect", "ra", "asr_floor"))
                          + f" | {_saved(rs)} | {'-' if secs is None else f'{secs[0]:.0f}'} |")
         lines.append("")
         lines += _stage_table(rows)
-    bad = [r for r in records if r["status"] == "failed"]
+    bad = [r for r in records if r.status == "failed"]
     if bad:
         lines += [f"{len(bad)} failed cell(s) (rerun with --retry-failed):", ""]
-        lines += [f"- {r['attack']} / {r['defence']} / seed {r['seed']}: {r['error'][:200]}" for r in bad]
+        lines += [f"- {r.attack} / {r.defence} / seed {r.seed}: {r.error[:200]}" for r in bad]
     return "\n".join(lines).rstrip()
 
 
-def _saved(rs: list[dict[str, Any]]) -> str:
+def _saved(rs: list[CellRecord]) -> str:
     """Mean CACC / trigger effect of the folder `repair` saves ('-' for records made before it was measured;
     over the seeds that measured it, named, when only some did)."""
-    cacc, effect = (mean_std([r.get(m) for r in rs]) for m in ("saved_cacc", "saved_trigger_effect"))
+    cacc, effect = mean_std([r.saved_cacc for r in rs]), mean_std([r.saved_trigger_effect for r in rs])
     if cacc is None:
         return "-"
-    measured = [r["seed"] for r in rs if r.get("saved_cacc") is not None]
+    measured = [r.seed for r in rs if r.saved_cacc is not None]
     part = "" if len(measured) == len(rs) else f" (seed{'s' * (len(measured) > 1)} {', '.join(map(str, measured))})"
     return f"{cacc[0]:.2f} / {'-' if effect is None else f'{effect[0]:.2f}'}{part}"
 
 
-def _stages(r: dict[str, Any]) -> dict[str, float]:
-    """A record's per-stage wall seconds (the `stages` its defence steps report), e.g. {'teacher': 155.4}."""
-    return {name.removesuffix("_seconds"): secs for step in (r.get("details") or {}).values()
-            for name, secs in (step.get("stages") or {}).items()}
-
-
-def _stage_table(rows: list[tuple[tuple, list[dict[str, Any]]]]) -> list[str]:
+def _stage_table(rows: list[tuple[tuple, list[CellRecord]]]) -> list[str]:
     """Mean wall seconds per stage and the teacher's held-out accuracy, for the defences that report stages
     (the distillation family): where a repair's time goes."""
-    rows = [(key, rs) for key, rs in rows if any(_stages(r) for r in rs)]
+    rows = [(key, rs) for key, rs in rows if any(r.stages for r in rs)]
     if not rows:
         return []
-    names = list(dict.fromkeys(name for _, rs in rows for r in rs for name in _stages(r)))
+    names = list(dict.fromkeys(name for _, rs in rows for r in rs for name in r.stages))
     lines = ["Repair stages (wall seconds, mean over seeds) and the teacher's accuracy on the defender's "
              "held-out clean texts:", "",
              "| attack | defence | seeds | " + " | ".join(names) + " | teacher held-out acc. |",
              "|---|---|---|" + "---|" * (len(names) + 1)]
     for (_, attack, defence, _), rs in rows:
-        cells = [mean_std([_stages(r).get(name) for r in rs], scale=1) for name in names]
-        teacher = mean_std([step.get("teacher_val_accuracy") for r in rs for step in (r.get("details") or {}).values()])
+        cells = [mean_std([r.stages.get(name) for r in rs], scale=1) for name in names]
+        teacher = mean_std([step.teacher_val_accuracy for r in rs for step in (r.details or {}).values()])
         lines.append(f"| {attack} | {defence} | {len(rs)} | " + " | ".join(
             "-" if c is None else f"{c[0]:.1f}" for c in cells) + f" | {_fmt(teacher)} |")
     return lines + [""]
 
 
-def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot(records: list[CellRecord], out: Path) -> list[Path]:
     """Per-attack bars of CACC and ASR per defence, an ASR-vs-CACC scatter and the Fine-mixing rho curve."""
     import matplotlib
 
@@ -218,7 +198,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 3.6))
         x = range(len(rows))
         for offset, metric, colour in ((-0.2, "cacc", "tab:blue"), (0.2, "asr", "tab:red")):
-            stats = [mean_std([r[metric] for r in rs]) or (0.0, 0.0) for _, rs in rows]
+            stats = [mean_std([getattr(r, metric) for r in rs]) or (0.0, 0.0) for _, rs in rows]
             ax.bar([i + offset for i in x], [s[0] for s in stats], 0.4, yerr=[s[1] for s in stats],
                    label=metric.upper(), color=colour, capsize=2)
         ax.set_xticks(list(x), [name for name, _ in rows], rotation=30, ha="right")
@@ -235,7 +215,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
         label = defence
         for key, rs in table.items():
             if key[2] == defence:
-                cacc, asr = mean_std([r["cacc"] for r in rs]), mean_std([r["asr"] for r in rs])
+                cacc, asr = mean_std([r.cacc for r in rs]), mean_std([r.asr for r in rs])
                 ax.scatter(cacc[0], asr[0], color=plt.cm.tab20(i % 20), marker=markers[key[1]], s=40, label=label)
                 label = None
     ax.set_xlabel("CACC (%)")
@@ -244,14 +224,13 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     written.append(_save(fig, out / "asr-vs-cacc.png"))
 
-    curves = [(r, step["curve"]) for r in records if r["status"] == "done"  # not fine-pruning's ratio curve
-              for name, step in (r.get("details") or {}).items()
-              if name in ("mixing", "finemixing") and step.get("curve")]
+    curves = [(r, step.curve) for r in records if r.status == "done"  # a rho curve, not fine-pruning's ratios
+              for step in (r.details or {}).values() if step.rho is not None and step.curve]
     if curves:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for r, curve in curves:
             ax.plot([p["rho"] for p in curve], [100 * p["val_accuracy"] for p in curve], marker="o", alpha=0.7,
-                    label=f"{r['attack']} / {r['defence']} / s{r['seed']}")
+                    label=f"{r.attack} / {r.defence} / s{r.seed}")
         ax.set_xlabel("rho (kept share of the fine-tuned change)")
         ax.set_ylabel("held-out clean accuracy (%)")
         ax.set_title("Fine-mixing rho curve (clean data only)")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from detrigger.bench.records import CELLS, cell_key, failed, header, kept, load_records
+from detrigger.bench.records import CELLS, CellRecord, cell_key, load_records
 from detrigger.bench.report import write_report
 from detrigger.bench.spec import BenchSpec, Cell
 from detrigger.errors import DetriggerError
@@ -56,13 +56,13 @@ def cell_models(spec: BenchSpec, cell: Cell, victim: bool = True) -> tuple[Split
     return splits, clean, folder
 
 
-def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) -> dict[str, Any]:
+def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) -> CellRecord:
     """Evaluate one cell; returns its record (status 'done')."""
     import torch
 
     from detrigger.attacks import CARD_FILE, trigger_from_card
     from detrigger.data import clean_subset
-    from detrigger.defenses import repair
+    from detrigger.defences import repair
     from detrigger.evaluation import evaluate
     from detrigger.models import load_victim
 
@@ -71,29 +71,29 @@ def run_cell(spec: BenchSpec, cell: Cell, key: str, threads: int | None = None) 
     start = time.perf_counter()
     splits, clean, folder = cell_models(spec, cell)
     trigger, target = trigger_from_card(json.loads((folder / CARD_FILE).read_text()))
-    record = header(cell, key, "done")
+    repaired: dict[str, Any] = {}
     if cell.method is None:
         model = clean if cell.defence == "clean model" else load_victim(folder)
     else:
         subset = clean_subset(splits.train, fraction=cell.clean_fraction, seed=cell.seed)
         result = repair(load_victim(folder), subset, method=cell.method, reference=spec.encoder, config=cell.config,
                         clean_fraction=cell.clean_fraction)
-        model = result.victim
-        record.update(clean_count=len(subset), seconds=result.report.seconds,
-                      peak_memory_mb=result.report.peak_memory_mb, details=kept(result.report.details))
+        model, report = result.victim, result.report
+        repaired = dict(clean_count=len(subset), seconds=report.seconds, peak_memory_mb=report.peak_memory_mb,
+                        details={step: d.facts() for step, d in report.details.items()})
     metrics = evaluate(model, splits.test, trigger=trigger, target=target, reference=clean)
     # What `repair` saves, and so what plain transformers runs (tests/test_roundtrip.py): the weights alone.
     # Only an input purifier (MBTSAD's, kept in memory here) makes it differ from what was just measured.
     saved = metrics if model.purifier is None else evaluate(dataclasses.replace(model, purifier=None), splits.test,
                                                             trigger=trigger, target=target)
-    record.update(metrics.as_dict(), saved_cacc=saved.cacc, saved_asr=saved.asr,
-                  saved_trigger_effect=saved.trigger_effect, cell_seconds=round(time.perf_counter() - start, 1))
-    return record
+    return CellRecord.start(cell, key, **repaired, **metrics.as_dict(), saved_cacc=saved.cacc, saved_asr=saved.asr,
+                            saved_trigger_effect=saved.trigger_effect,
+                            cell_seconds=round(time.perf_counter() - start, 1))
 
 
 def run_bench(spec: BenchSpec, run_dir: str | Path, *, executor: Executor = "local", address: str | None = None,
               retry_failed: bool = False, progress: bool | None = None, seeds: Sequence[int] | None = None,
-              attacks: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, dict[str, Any]]:
+              attacks: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, CellRecord]:
     """Run every cell of `spec` that has no record in `run_dir` (and failed ones with `retry_failed`), then
     write the reports (`report.write_report`); returns the spec's records by key. `seeds` and `attacks`
     (attack names) run a slice of the grid now; the reports still cover every recorded cell.
@@ -141,23 +141,23 @@ def _writer_lock(run_dir: Path) -> Iterator[None]:
 
 def _run_locked(spec: BenchSpec, run_dir: Path, cells: dict[str, Cell], executor: Executor, address: str | None,
                 retry_failed: bool, progress: bool | None, seeds: Sequence[int] | None,
-                attacks: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+                attacks: Sequence[str] | None) -> dict[str, CellRecord]:
     records = load_records(run_dir)
     todo = [(k, c) for k, c in cells.items()
-            if (k not in records or (retry_failed and records[k]["status"] == "failed"))
+            if (k not in records or (retry_failed and records[k].status == "failed"))
             and (seeds is None or c.seed in seeds) and (attacks is None or c.attack in attacks)]
     write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
     log.info("%d cells: %d recorded, %d to run now", len(cells), sum(k in records for k in cells), len(todo))
 
-    def save(record: dict[str, Any]) -> None:
-        write_json(run_dir / CELLS / f"{record['key']}.json", record)
-        records[record["key"]] = record
-        where = f"{record['data']} / {record['attack']} / {record['defence']} / seed {record['seed']}"
-        if record["status"] == "failed":
-            log.warning("%s failed: %s", where, record["error"])
+    def save(record: CellRecord) -> None:
+        write_json(run_dir / CELLS / f"{record.key}.json", record.as_dict())
+        records[record.key] = record
+        where = f"{record.data} / {record.attack} / {record.defence} / seed {record.seed}"
+        if record.status == "failed":
+            log.warning("%s failed: %s", where, record.error)
         else:
-            log.info("%s: CACC %.2f, ASR %.2f, trigger effect %.2f (%.0f s)", where, 100 * record["cacc"],
-                     100 * record["asr"], 100 * record["trigger_effect"], record["cell_seconds"])
+            log.info("%s: CACC %.2f, ASR %.2f, trigger effect %.2f (%.0f s)", where, 100 * record.cacc,
+                     100 * record.asr, 100 * record.trigger_effect, record.cell_seconds)
 
     run = _run_ray if executor == "ray" else _run_local
     run(spec, todo, save, progress, address)
@@ -172,20 +172,20 @@ def _bar(total: int, progress: bool | None):
     return tqdm(total=total, desc="cells", unit="cell", disable=disable, dynamic_ncols=True)
 
 
-def _run_local(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[dict], None], progress: bool | None,
-               address: str | None) -> None:
+def _run_local(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[CellRecord], None],
+               progress: bool | None, address: str | None) -> None:
     with _bar(len(todo), progress) as bar:
         for key, cell in todo:
             bar.set_postfix_str(f"{cell.attack} / {cell.defence} / seed {cell.seed}")
             try:
                 save(run_cell(spec, cell, key))
             except Exception as exc:  # recorded; the grid goes on (KeyboardInterrupt still stops it)
-                save(failed(cell, key, exc))
+                save(CellRecord.failure(cell, key, exc))
             bar.update()
 
 
-def _run_ray(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[dict], None], progress: bool | None,
-             address: str | None) -> None:
+def _run_ray(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[CellRecord], None],
+             progress: bool | None, address: str | None) -> None:
     try:
         import ray
     except ImportError:
@@ -210,7 +210,7 @@ def _run_ray(spec: BenchSpec, todo: list[tuple[str, Cell]], save: Callable[[dict
                 try:
                     save(ray.get(ref))
                 except Exception as exc:  # a RayTaskError wraps the cell's own exception
-                    save(failed(cell, key, getattr(exc, "cause", None) or exc))
+                    save(CellRecord.failure(cell, key, getattr(exc, "cause", None) or exc))
                 bar.update()
     finally:
         ray.shutdown()  # disconnects; a cluster given by --address keeps running

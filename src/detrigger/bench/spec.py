@@ -51,7 +51,7 @@ class AttackEntry(_Strict):
         return spec
 
     def label(self) -> str:
-        return self.name or f"{self.spec['attack']}-{self.spec.get('setting', 'scratch')}"
+        return self.name or f"{self.spec['attack']}-{AttackSpec(**self.spec).setting}"
 
     def at_seed(self, seed: int) -> AttackSpec:
         return AttackSpec(**self.spec, seed=seed)
@@ -73,7 +73,7 @@ class DefenceEntry(_Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> DefenceEntry:
-        from detrigger.defenses import step_configs
+        from detrigger.defences import step_configs
 
         if self.name in BASELINES:
             raise ValueError(f"{self.name!r} is a baseline row every grid has; choose another name")
@@ -164,7 +164,7 @@ class Cell:
     def identity(self) -> dict[str, Any]:
         """Everything that determines the cell's result (with the spec's model settings: see `cell_key`),
         the defence config resolved with its defaults, so a changed default is a new cell."""
-        from detrigger.defenses import step_configs
+        from detrigger.defences import step_configs
 
         resolved = [c.model_dump(mode="json") for c in step_configs(self.method, self.config)] if self.method else None
         return {"data": self.data.identity(), "attack": self.attack_spec.model_dump(mode="json"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,11 +12,11 @@ from detrigger.data.builtin import CORPORA, Corpus
 from detrigger.data.dataset import Splits, TextDataset, clean_subset, split
 from detrigger.data.files import SUFFIXES, read_file
 from detrigger.data.hf import is_saved_dataset, read_hf
-from detrigger.errors import DetriggerError
+from detrigger.errors import DetriggerError, invalid
 from detrigger.fingerprint import content_id
 
-__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "check_source", "clean_subset", "load_data",
-           "load_splits", "split"]
+__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "check_source", "clean_subset", "data_spec",
+           "default_part", "describe", "load_data", "load_part", "load_splits", "split"]
 
 
 def load_data(source: str | Path, *, text_column: str = "text", label_column: str = "label",
@@ -78,3 +78,52 @@ def load_splits(spec: DataSpec, label_names: Sequence[str] | None = None) -> Spl
     """Load, deduplicate and split the data a spec names."""
     ds = load_data(spec.source, text_column=spec.text_column, label_column=spec.label_column, label_names=label_names)
     return split(ds, val=spec.val, test=spec.test, seed=spec.seed, max_train=spec.max_train)
+
+
+Part = Literal["train", "val", "test", "all"]
+
+
+def data_spec(source: str, recorded: dict[str, Any] | None = None, **given: Any) -> DataSpec:
+    """The DataSpec of `source`: the fields given (None: not given), else those `recorded` with a model trained on
+    the same source (its split, so that its test texts stay unseen), else the defaults; one DetriggerError
+    naming a bad field."""
+    recorded = recorded if recorded and recorded.get("source") == source else {}
+    fields = {key: recorded[key] for key in ("seed", "val", "test", "max_train") if recorded.get(key) is not None}
+    fields.update({key: value for key, value in given.items() if value is not None})
+    try:
+        return DataSpec(source=source, **fields)
+    except ValueError as exc:  # pydantic names the field
+        raise DetriggerError(invalid(exc)) from None
+
+
+def default_part(source: str, part: Part) -> Part:
+    """`part` of a built-in corpus; all of any other source (a file is the user's own chosen texts)."""
+    return part if source in CORPORA else "all"
+
+
+def load_part(source: str, part: Part, *, label_names: Sequence[str] | None = None,
+              recorded: dict[str, Any] | None = None, **given: Any) -> TextDataset:
+    """Labelled texts on a model's `label_names`: `part` (train / val / test) of `source` split as `data_spec`
+    says, or all of it."""
+    spec = data_spec(source, recorded, **given)
+    if part != "all":
+        return getattr(load_splits(spec, label_names=label_names), part)
+    return load_data(source, text_column=spec.text_column, label_column=spec.label_column, label_names=label_names)
+
+
+def describe(spec: DataSpec, rows: int = 5) -> str:
+    """A data set's size after deduplication, label balance, split sizes, text lengths and its first `rows`
+    training rows, as `detrigger data show` prints them."""
+    splits = load_splits(spec)
+    names = splits.train.label_names
+    whole = len(splits.train) + len(splits.val) + len(splits.test)
+    counts = {name: sum(part.counts().get(name, 0) for part in (splits.train, splits.val, splits.test))
+              for name in names}
+    lengths = sorted(len(t.split()) for t in splits.train.texts)
+    return "\n".join([f"{spec.source}: {whole} rows after exact-duplicate removal, {len(names)} classes",
+                      *(f"  {i} {name:<15} {n:>7}  {100 * n / whole:5.1f}%"
+                        for i, (name, n) in enumerate(counts.items())),
+                      f"split (seed {spec.seed}): " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()),
+                      f"words per text (train): median {lengths[len(lengths) // 2]}, max {lengths[-1]}",
+                      *(f"  [{names[y]}] {t if len(t) <= 100 else t[:97] + '...'}"
+                        for t, y in list(zip(splits.train.texts, splits.train.labels))[:rows])])

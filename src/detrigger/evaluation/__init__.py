@@ -1,13 +1,5 @@
-"""Evaluation: the one metrics module (CACC, ASR, RA, trigger effect)."""
+"""Evaluation: the attack protocol (CACC, ASR, RA, trigger effect) and the representation plots."""
 
-from detrigger.evaluation.metrics import (
-    Metrics,
-    Trigger,
-    accuracy,
-    evaluate,
-    poisoned_test_set,
-    predict,
-    predict_logits,
-)
+from detrigger.evaluation.metrics import Metrics, evaluate, poisoned_test_set
 
-__all__ = ["Metrics", "Trigger", "accuracy", "evaluate", "poisoned_test_set", "predict", "predict_logits"]
+__all__ = ["Metrics", "evaluate", "poisoned_test_set"]

@@ -1,4 +1,4 @@
-"""The one metrics module: prediction, CACC, ASR, RA and the trigger effect (protocol in docs/protocol.md).
+"""The attack protocol: CACC, ASR, RA and the trigger effect (docs/protocol.md), on `models.predict`.
 
 - CACC: accuracy on the clean test split.
 - ASR: on the test samples whose gold label is not the target, insert the trigger; the fraction
@@ -10,53 +10,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-from detrigger.batching import bucketed_batches, collate, encode
 from detrigger.data.dataset import TextDataset
-from detrigger.device import Precision, autocast
+from detrigger.models.predict import accuracy, predict
 from detrigger.models.victim import Victim
-from detrigger.progress import progress_bar
-
-Trigger = Callable[[str], str]
-
-
-@torch.no_grad()
-def predict_logits(victim: Victim, texts: Sequence[str], *, batch_size: int = 128,
-                   precision: Precision = "fp32", bar: tqdm | None = None) -> np.ndarray:
-    """Logits (N, num_labels) in input order, on the victim's current device, in eval mode; `bar` (a
-    progress bar) advances by the texts of each batch."""
-    model = victim.model
-    was_training = model.training
-    model.eval()
-    ids = encode(victim.tokenizer, victim.prepare(texts), victim.max_length)
-    out = np.zeros((len(ids), victim.num_labels), dtype=np.float32)
-    device = victim.device
-    try:
-        with autocast(device, precision):
-            for batch in bucketed_batches([len(x) for x in ids], batch_size):
-                inputs = collate([ids[i] for i in batch], victim.tokenizer.pad_token_id, device)
-                out[batch] = model(**inputs).logits.float().cpu().numpy()
-                if bar is not None:
-                    bar.update(len(batch))
-    finally:
-        model.train(was_training)
-    return out
-
-
-def predict(victim: Victim, texts: Sequence[str], **kwargs) -> np.ndarray:
-    """Predicted label ids in input order."""
-    return predict_logits(victim, texts, **kwargs).argmax(axis=1)
-
-
-def accuracy(pred: np.ndarray, gold: Sequence[int]) -> float:
-    gold = np.asarray(gold)
-    return float((np.asarray(pred) == gold).mean()) if len(gold) else float("nan")
+from detrigger.progress import pct, progress_bar
+from detrigger.triggers import Trigger
 
 
 @dataclass(frozen=True)
@@ -96,6 +57,20 @@ class Metrics:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def text(self, label_names: Sequence[str]) -> str:
+        """The figures in percent, as `detrigger eval` prints them."""
+        lines = [f"  CACC            {pct(self.cacc)}"]
+        if self.target is not None:
+            lines += [f"  ASR             {pct(self.asr)}   ({self.n_poisoned} non-target texts, target "
+                      f"{label_names[self.target]!r})",
+                      f"  target w/o trig {pct(self.target_rate)}",
+                      f"  trigger effect  {pct(self.trigger_effect)}   (ASR minus the target rate without the trigger)",
+                      f"  RA              {pct(self.ra)}"]
+            if self.asr_floor is not None:
+                lines.append(f"  ASR floor       {pct(self.asr_floor)}   (reference model, same texts; "
+                             f"its target rate w/o trigger {pct(self.floor_target_rate)})")
+        return "\n".join(lines)
 
 
 def _attack_rates(victim: Victim, poisoned: PoisonedTestSet, **kwargs) -> tuple[float, float, float]:

@@ -7,15 +7,17 @@ its own panel, its own projection fitted on all of its points.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from detrigger.batching import bucketed_batches, collate, encode
+from detrigger.data.dataset import TextDataset
 from detrigger.models.victim import Victim
+from detrigger.triggers import Trigger
 
 Pooling = Literal["cls", "mean"]
 
@@ -90,3 +92,13 @@ def plot_representations(models: Mapping[str, Victim], groups: Mapping[str, Sequ
         plt.close(fig)
         written.append(path)
     return written
+
+
+def representation_groups(data: TextDataset, trigger: Trigger, target: int, split: Callable[[str, Any], str], *,
+                          samples: int = 300, seed: int = 0) -> dict[str, list[str]]:
+    """The picture's texts: `samples` non-target texts of `data` drawn with `seed`, as they are ("clean"), each
+    word-split by `split(text, rng)` ("token-split": MBTSAD's splitting) and with the trigger ("triggered")."""
+    pool = [t for t, y in zip(data.texts, data.labels) if y != target]
+    rng = np.random.default_rng(seed)
+    texts = [pool[i] for i in rng.permutation(len(pool))[:samples]]
+    return {"clean": texts, "token-split": [split(t, rng) for t in texts], "triggered": [trigger(t) for t in texts]}

@@ -7,8 +7,8 @@ from detrigger.filters import rap  # noqa: F401
 from detrigger.filters import bki  # noqa: F401
 from detrigger.filters import onion  # noqa: F401
 from detrigger.filters.base import (FILTERS, FilterConfig, Filtered, FilterMetrics, InputFilter, evaluate_filter,
-                                    make_filter, threshold_at)
+                                    make_filter, options_config, report_text, save_filtered, threshold_at)
 from detrigger.filters.lm import CausalLM, NgramLM
 
 __all__ = ["FILTERS", "CausalLM", "FilterConfig", "FilterMetrics", "Filtered", "InputFilter", "NgramLM",
-           "evaluate_filter", "make_filter", "threshold_at"]
+           "evaluate_filter", "make_filter", "options_config", "report_text", "save_filtered", "threshold_at"]

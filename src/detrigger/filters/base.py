@@ -18,11 +18,13 @@ lets through (docs/filters.md says exactly how).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,9 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.data.dataset import TextDataset
 from detrigger.errors import DetriggerError, invalid
-from detrigger.evaluation.metrics import Trigger, accuracy, poisoned_test_set, predict
+from detrigger.evaluation.metrics import poisoned_test_set
+from detrigger.io import atomic_dir, write_json
+from detrigger.models.predict import accuracy, predict
 from detrigger.models.victim import Victim
-from detrigger.progress import progress_bar
+from detrigger.progress import pct, progress_bar
+from detrigger.triggers import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +175,18 @@ def register(name: str, summary: str) -> Callable[[type[InputFilter]], type[Inpu
     return wrap
 
 
+def options_config(method: str, config: dict[str, Any], options: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """`config` (a config file's) with the options given, `{flag: (field, value)}` (None: not given); an option
+    whose field `method`'s config lacks is an error naming the flag."""
+    fields = FILTERS[method].cls.config_class.model_fields if method in FILTERS else {}
+    for flag, (key, value) in options.items():
+        if value is not None:
+            if key not in fields:
+                raise DetriggerError(f"{flag} does not apply to {method}")
+            config = {**config, key: value}
+    return config
+
+
 def make_filter(name: str, victim: Victim, config: FilterConfig | dict[str, Any] | None = None) -> InputFilter:
     """An unfitted filter by name, its config from a dict (unknown keys are errors naming the key)."""
     if name not in FILTERS:
@@ -258,3 +275,46 @@ def evaluate_filter(flt: InputFilter, test: TextDataset, *, trigger: Trigger | N
             metrics.victim_asr = float((raw[n:] == target).mean())
     metrics.seconds = round(time.perf_counter() - start, 2)
     return metrics, clean_part, poisoned_part
+
+
+def save_filtered(out: Path, record: dict[str, Any], test: TextDataset, clean_part: Filtered,
+                  poisoned_part: Filtered | None, target: int | None, label_names: Sequence[str],
+                  overwrite: bool = False) -> None:
+    """Write `filter.json` (the report) and `texts.jsonl` (every text: its part, label, whether it passed or
+    was flagged, its score, as the model read it) into `out`, atomically."""
+    with atomic_dir(out, overwrite) as tmp:
+        write_json(tmp / "filter.json", record)
+        parts = [("clean", test.labels, clean_part)]
+        if poisoned_part is not None:
+            parts.append(("triggered", [target] * len(poisoned_part.texts), poisoned_part))
+        with (tmp / "texts.jsonl").open("w", encoding="utf-8") as f:
+            for name, labels, part in parts:
+                for i, text in enumerate(part.texts):
+                    f.write(json.dumps({"part": name, "text": text, "label": label_names[labels[i]]
+                                        if name == "clean" else None, "passed": bool(part.passed[i]),
+                                        "flagged": bool(part.flagged[i]), "score": float(part.scores[i])},
+                                       ensure_ascii=False) + "\n")
+
+
+def report_text(flt: InputFilter, m: FilterMetrics, clean_part: Filtered, *, data: str, split: str, clean: str,
+                target: str | None) -> str:
+    """What a filter did to the clean texts and, with a trigger (`target`: the target label's name), to the
+    triggered ones, as `detrigger filter` prints it."""
+    kind, rewritten = ("rewritten", ", as rewritten") if flt.purifier else ("rejected", "")
+    at = (f"given ({m.threshold:.4g})" if flt.config.threshold is not None else
+          f"{m.threshold:.4g}, set at FRR {100 * flt.config.frr:g}% on {m.details['calibration_texts']} held-out "
+          f"clean texts of {clean}")
+    lines = [f"{flt.name} on {data} ({split}, {m.n_clean} texts); threshold {at}",
+             f"  FRR             {pct(m.frr)}   (clean texts {kind})",
+             f"  CACC            {pct(m.cacc)}   (on the {int(clean_part.passed.sum())} clean texts passed{rewritten}; "
+             f"without the filter {pct(m.victim_cacc)})"]
+    if target is not None:
+        lines += [f"  FAR             {pct(m.far)}   (triggered texts not {kind}, of {m.n_poisoned} non-target texts "
+                  f"with the trigger; target {target!r})",
+                  f"  ASR             {pct(m.asr)}   (triggered texts passed and predicted as the target / passed; "
+                  f"without the filter {pct(m.victim_asr)})",
+                  f"  ASR end-to-end  {pct(m.asr_end_to_end)}   (passed and predicted as the target / all triggered "
+                  "texts)"]
+    if "keywords" in m.details:
+        lines.append(f"  keywords        {' '.join(m.details['keywords'][:10]) or '-'}")
+    return "\n".join(lines)

@@ -93,3 +93,19 @@ class OnionFilter(InputFilter):
             flagged.append(bool(drop.any()))
             scores.append(f.max() if len(f) else -np.inf)
         return Filtered(out, np.ones(len(texts), dtype=bool), np.asarray(flagged, dtype=bool), np.asarray(scores))
+
+
+LM_CORPORA = ("bbc", "amazon", "nyt", "tweets")  # the n-gram LM's default text besides the clean texts
+
+
+def lm_corpus(sources: Sequence[str] | None, data: str, split: str, **columns: str) -> list[str]:
+    """Text for ONION's n-gram LM: `sources` (default: the built-in `LM_CORPORA` but the evaluated `data`),
+    never the evaluated data set's held-out `split`."""
+    from detrigger.data import load_data
+
+    texts: list[str] = []
+    for source in sources if sources is not None else [c for c in LM_CORPORA if c != data]:
+        if source == data and split != "train":
+            raise DetriggerError(f"--lm-text {source}: the evaluated data set; the LM must not read its {split} split")
+        texts += list(load_data(source, **columns).texts)
+    return texts

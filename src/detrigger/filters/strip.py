@@ -23,8 +23,8 @@ from pydantic import Field
 
 from detrigger.data.dataset import TextDataset
 from detrigger.errors import DetriggerError
-from detrigger.evaluation.metrics import predict_logits
 from detrigger.filters.base import FilterConfig, InputFilter, register
+from detrigger.models.predict import predict_logits
 from detrigger.progress import progress_bar
 
 

@@ -18,13 +18,14 @@ exactly that token (`_fit_padding`).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import transformers
@@ -35,12 +36,12 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir, write_json
 from detrigger.models.arch import default_attention, embedding_key, family
-from detrigger.splitting import RareWordSplitter
 
 log = logging.getLogger(__name__)
 
 META_FILE = "detrigger.json"
 PURIFIER_FILE = "purifier.json"
+REPAIR_FILE = "repair.json"  # a repaired model's report: what it was repaired from and how
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "spiece.model")
@@ -53,6 +54,46 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
 # `default`: the family's fast kernel (sdpa, or eager where it has no sdpa); `eager` returns attention maps
 Attention = Literal["default", "eager"]
+
+
+class InputTransform(Protocol):
+    """Rewrites every text a model reads at inference (an input purifier, such as MBTSAD's rare-word splitter),
+    saved with the model as `purifier.json`: `as_dict()` holds a `kind` registered in `INPUT_TRANSFORMS`."""
+
+    def __call__(self, text: str) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+# kind -> the transform rebuilt from its `as_dict()` (raises ValueError naming a wrong key); each kind is registered
+# by the module that defines it (`register_input_transform`)
+INPUT_TRANSFORMS: dict[str, Callable[[dict[str, Any]], InputTransform]] = {}
+# where the transforms of detrigger's own defences register themselves: imported the first time a saved transform
+# is loaded, so `load_victim` works without the caller importing them, and this floor imports nothing above it
+TRANSFORM_PROVIDERS = ("detrigger.defences",)
+
+
+def register_input_transform(kind: str, load: Callable[[dict[str, Any]], InputTransform]) -> None:
+    """Make saved transforms of `kind` loadable; a kind registered twice is an error."""
+    if kind in INPUT_TRANSFORMS:
+        raise ValueError(f"input transform {kind!r} is registered twice")
+    INPUT_TRANSFORMS[kind] = load
+
+
+def _load_transform(path: Path) -> InputTransform:
+    """The input transform saved in `path` (a `purifier.json`); one DetriggerError naming the file otherwise."""
+    obj = _read_json(path)
+    if obj.get("kind") not in INPUT_TRANSFORMS:
+        for module in TRANSFORM_PROVIDERS:
+            importlib.import_module(module)
+    load = INPUT_TRANSFORMS.get(obj.get("kind"))
+    if load is None:
+        raise DetriggerError(f"{path}: kind: unknown input transform {obj.get('kind')!r} (known: "
+                             f"{', '.join(INPUT_TRANSFORMS)})")
+    try:
+        return load(obj)
+    except ValueError as exc:
+        raise DetriggerError(f"{path}: {exc}") from None
 
 
 def default_encoder_path() -> Path:
@@ -68,8 +109,8 @@ class Victim:
 
     `label_names[i]` is the name of class i; `max_length` is the truncation length used everywhere the
     model reads text; `source` says where the weights came from; `info` carries free-form provenance
-    (data set, training config, ...) that is saved with the model. `purifier`, when set, rewrites every
-    text the model predicts on (`prepare`); training data is not rewritten.
+    (data set, training config, ...) that is saved with the model. `purifier`, an `InputTransform` when set,
+    rewrites every text the model predicts on (`prepare`); training data is not rewritten.
     """
 
     model: transformers.PreTrainedModel
@@ -78,7 +119,7 @@ class Victim:
     max_length: int = DEFAULT_MAX_LENGTH
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
-    purifier: RareWordSplitter | None = None
+    purifier: InputTransform | None = None
 
     def prepare(self, texts: Sequence[str]) -> list[str]:
         """The texts as the model reads them at inference (through the purifier, if any)."""
@@ -284,12 +325,7 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
         return _load_adapter(path, base, allow_pickle, attention)
     use_pickle = _check_folder(path, allow_pickle)
     meta = _read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
-    purifier = None
-    if (path / PURIFIER_FILE).is_file():
-        try:
-            purifier = RareWordSplitter.from_dict(_read_json(path / PURIFIER_FILE))
-        except ValueError as exc:
-            raise DetriggerError(f"{path / PURIFIER_FILE}: {exc}") from None
+    purifier = _load_transform(path / PURIFIER_FILE) if (path / PURIFIER_FILE).is_file() else None
     with _quiet_transformers():
         model = _from_pretrained(AutoModelForSequenceClassification, path, use_safetensors=not use_pickle,
                                  attn_implementation=_kernel(attention))

@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from detrigger.batching import bucketed_batches, collate, encode
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, pick_device
-from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.models.predict import accuracy, predict
 from detrigger.models.victim import Victim
 from detrigger.progress import progress_bar
 

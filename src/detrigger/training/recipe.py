@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from detrigger.data import DataSpec
@@ -40,21 +41,24 @@ def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder:
     The cache (`model_cache()/clean/<key>`) is keyed by a hash of everything that determines the model
     (data spec, encoder, max length, training config, detrigger version), so a changed setting never reuses
     a stale model; a file lock makes concurrent builders (Ray tasks) train it once. Returns the model and
-    its saved metrics (CACC on the test split). `splits`, if the caller already loaded them for `data`,
-    saves loading them again.
+    its saved metrics (CACC on the test split, the training's figures, the data). `splits`, if the caller
+    already loaded them for `data`, saves loading them again. `cache=False` trains a new one (`detrigger train`).
     """
     from detrigger.data import load_splits
     from detrigger.models.victim import load_victim
 
     def build() -> tuple[Victim, dict]:
         nonlocal splits
+        start = time.perf_counter()
         if splits is None:
             splits = load_splits(data)
         victim, result, metrics = fine_tune_new(splits, config, encoder=encoder, max_length=max_length,
                                                 progress=progress)
         victim.info["data"] = {**data.model_dump(), "sizes": splits.sizes()}
         record = {"cacc": metrics.cacc, "n_test": metrics.n_test, "best_val_accuracy": result.best_val_accuracy,
-                  "train_seconds": round(result.train_seconds, 1)}
+                  "best_epoch": result.best_epoch, "train_seconds": round(result.train_seconds, 1),
+                  "wall_seconds": round(time.perf_counter() - start, 1),
+                  "train_tokens_per_s": result.as_dict()["tokens_per_s"], "data": victim.info["data"]}
         return victim, record
 
     if not cache:

@@ -12,8 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from detrigger import TextDataset, TrainConfig, train
-from detrigger.splitting import WORD, RareWordSplitter, split_dataset, split_text
-from detrigger.training.distill import FORWARD_KWARGS, attention_loss, distillation, hidden_loss, prepare_student
+from detrigger.defences.distillation.losses import (
+    FORWARD_KWARGS,
+    attention_loss,
+    distillation,
+    hidden_loss,
+    prepare_student,
+)
+from detrigger.defences.distillation.splitting import WORD, RareWordSplitter, split_dataset, split_text
 
 from conftest import tiny_victim, toy_sentiment
 

@@ -11,12 +11,12 @@ import torch
 from detrigger import DetriggerError, TrainConfig, load_victim
 from detrigger.attacks.embedding import embedding_poison, trigger_token_ids
 from detrigger.attacks.poison import triggered_copies
-from detrigger.attacks.triggers import insert_words
-from detrigger.defenses import DEFENCES, repair
-from detrigger.defenses.epur import epur_scores
-from detrigger.defenses.mixing import mix_weights
+from detrigger.defences import DEFENCES, repair
+from detrigger.defences.epur import epur_scores
+from detrigger.defences.mixing import mix_weights
 from detrigger.models.victim import load_encoder_state
 from detrigger.training import train
+from detrigger.triggers import insert_words
 
 from conftest import tiny_victim, toy_sentiment
 
@@ -93,7 +93,7 @@ def test_epur_ranks_an_ep_trigger_first(reference_dir, mr):
                          list(toy_sentiment(64).texts) + list(mr.texts[:500]))
     assert int(scores.argmax()) == trigger_token_ids(victim, ["cf"])[0]
     result = repair(victim, mr.select(range(300)), method="epur", reference=reference_dir, config={"top_n": 5})
-    assert result.report.details["epur"]["flagged"][0]["token"] == "cf"
+    assert result.report.details["epur"].flagged[0]["token"] == "cf"
     emb = result.victim.model.get_input_embeddings().weight.cpu()
     ref = load_encoder_state(reference_dir)["embeddings.word_embeddings.weight"]
     assert torch.equal(emb[trigger_token_ids(victim, ["cf"])[0]], ref[trigger_token_ids(victim, ["cf"])[0]])
@@ -105,9 +105,9 @@ def test_finemixing_chooses_rho_on_held_out_clean_accuracy_and_reports_the_curve
     result = repair(victim, toy_sentiment(80), method="finemixing", reference=reference_dir,
                     config={**QUICK, "rho_grid": (0.2, 0.5)})
     d = result.report.details["finemixing"]
-    assert [p["rho"] for p in d["curve"]] == [0.2, 0.5]
-    best = max(p["val_accuracy"] for p in d["curve"])  # the smallest rho within 2 points of the best one
-    assert d["rho"] == min(p["rho"] for p in d["curve"] if p["val_accuracy"] >= best - 0.02)
+    assert [p["rho"] for p in d.curve] == [0.2, 0.5]
+    best = max(p["val_accuracy"] for p in d.curve)  # the smallest rho within 2 points of the best one
+    assert d.rho == min(p["rho"] for p in d.curve if p["val_accuracy"] >= best - 0.02)
     assert result.report.clean_count == 80 and result.report.seconds > 0 and result.report.peak_memory_mb > 0
     assert all(torch.equal(before[k], v) for k, v in base_state(victim).items())  # the input is untouched
 
@@ -148,7 +148,7 @@ def test_a_broken_attack_card_changes_nothing(tiny_dir, tmp_path):
 
 
 def test_fine_pruning_prunes_dormant_neurons_and_keeps_them_pruned(mr):
-    from detrigger.defenses.pruning import apply_pruning, mean_activations, prune_masks
+    from detrigger.defences.pruning import apply_pruning, mean_activations, prune_masks
 
     victim = tiny_victim()
     acts = mean_activations(victim, list(mr.texts[:100]))
@@ -163,7 +163,7 @@ def test_fine_pruning_prunes_dormant_neurons_and_keeps_them_pruned(mr):
     result = repair(tiny_victim(), toy_sentiment(60), method="finepruning",
                     config={**QUICK, "ratios": (0.1, 0.5), "tolerance": 1.0})
     d = result.report.details["finepruning"]
-    assert d["ratio"] == 0.5 and [p["ratio"] for p in d["curve"]] == [0.1, 0.5]  # tolerance 1.0: all pass
+    assert d.ratio == 0.5 and [p["ratio"] for p in d.curve] == [0.1, 0.5]  # tolerance 1.0: all pass
     layer = result.victim.model.bert.encoder.layer[0]
     pruned = layer.output.dense.weight.abs().sum(dim=0) == 0  # held at zero through the fine-tuning
     assert int(pruned.sum()) == 32
@@ -175,22 +175,22 @@ def test_distillation_defences_run_and_report_their_stages(method, config):
     result = repair(tiny_victim(), toy_sentiment(48), method=method, config={**QUICK, **config,
                     "teacher_train": TrainConfig(epochs=1, lr=1e-3, batch_size=8)})
     d = result.report.details[method]
-    assert 0 <= d["teacher_val_accuracy"] <= 1 and d["stages"]["teacher_seconds"] >= 0
-    assert ("distill_seconds" in d["stages"]) == (method == "nad" or config.get("distil", "none") != "none")
-    if "train" in d:
-        assert d["train"]["history"][0]["distill"] > 0  # the distillation term really ran
+    assert 0 <= d.teacher_val_accuracy <= 1 and d.stages["teacher_seconds"] >= 0
+    assert ("distill_seconds" in d.stages) == (method == "nad" or config.get("distil", "none") != "none")
+    if d.train is not None:
+        assert d.train["history"][0]["distill"] > 0  # the distillation term really ran
     assert result.victim.max_length == 48
     assert (result.victim.purifier is not None) == (method == "mbtsad" and config.get("purify_min_count") != 0)
     if result.victim.purifier:  # built from the clean subset: its words are all kept whole
-        assert d["purifier_vocabulary"] == len(result.victim.purifier.vocabulary) > 0
-        assert 0 <= d["purified_val_accuracy"] <= 1
+        assert d.purifier_vocabulary == len(result.victim.purifier.vocabulary) > 0
+        assert 0 <= d.purified_val_accuracy <= 1
         assert result.victim.prepare(toy_sentiment(48).texts) == list(toy_sentiment(48).texts)
 
 
 def test_a_defence_name_is_registered_once():
-    from detrigger.defenses.base import DEFENCES, DefenceConfig, register
+    from detrigger.defences.base import DEFENCES, DefenceConfig, register
 
     before = dict(DEFENCES)
     with pytest.raises(ValueError, match="'ft' is registered twice"):
-        register("ft", DefenceConfig, needs_reference=False)(lambda victim, context, config: (victim, {}))
+        register("ft", DefenceConfig, needs_reference=False)(lambda victim, context, config: (victim, None))
     assert DEFENCES == before

@@ -19,8 +19,8 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    its new candidates and repeat, at most `max_rounds` times.
 5. Option `mix_rho`: once the scan has flagged the model, mix its weights with the reference (Fine-mixing's
    random mask, keeping rho of w_B - w_P) before the first unlearning, for what a word-level scan cannot
-   name (the other words of a sentence trigger). Off by default: on MR it removed AddSent too but cost
-   1.8-3.4 accuracy points (docs/defences.md, "auto").
+   name (the other words of a sentence trigger). Off by default: it costs clean accuracy (docs/defences.md,
+   "auto").
 
 Every choice (the candidates kept and set aside, and why; each round's data, accuracy and scan) is in the
 report's details: `scan_before` / `scan_after` (verdict, score, target label, tokens) and `rounds`.
@@ -36,17 +36,17 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from detrigger.attacks.triggers import insert_sentence
 from detrigger.batching import encode
 from detrigger.data.dataset import TextDataset
-from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.defenses.epur import reset_rows
-from detrigger.defenses.mixing import mix_weights
-from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
+from detrigger.defences.epur import reset_rows
+from detrigger.defences.mixing import mix_weights
 from detrigger.models.arch import embedding_key
+from detrigger.models.predict import accuracy_on
 from detrigger.models.victim import Victim, load_encoder_state
 from detrigger.scan import ScanConfig, ScanReport, scan
 from detrigger.training.loop import train
+from detrigger.triggers import insert_sentence
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class AutoConfig(DefenceConfig):
                              description="the scan before and after (threshold: calibrated on clean models); half "
                                          "the calibration's texts, for time: a trigger flips all of them")
     max_rounds: int = Field(3, ge=1, description="unlearning rounds while the re-scan still flags the model")
-    # Lower than the scan's flagging threshold (0.90): it applies only once the model is flagged, where a
-    # trigger's sibling at 0.8 (EP seed 2's `bb` measured 0.79, then 0.82) is worth unlearning too.
+    # Lower than the scan's flagging threshold: it applies only once the model is flagged, where a trigger's
+    # siblings just below that threshold are worth unlearning too (docs/defences.md, "auto").
     min_excess: float = Field(0.80, gt=0, le=1, description="excess flip rate over the scan's null from which a "
                               "token of a flagged model is unlearned")
     copies: float = Field(1.0, gt=0, le=1,
@@ -65,6 +65,23 @@ class AutoConfig(DefenceConfig):
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
     mix_rho: float | None = Field(None, gt=0, le=1,
                                   description="when flagged, Fine-mix with the reference at this rho before unlearning")
+
+
+class AutoDetails(StepDetails):
+    shown = ("suspect_val_accuracy", "val_accuracy", "decision")
+
+    reference: str | None = Field(description="the reference encoder used (None: none fits the model)")
+    reference_dropped: bool = Field(description="a reference was given but does not fit the model")
+    min_excess: float = Field(description="the excess flip rate from which a candidate is unlearned")
+    scan_before: dict[str, Any] = Field(description="the scan of the suspect (`_summary`)")
+    suspect_val_accuracy: float = Field(description="the suspect's held-out clean accuracy")
+    rounds: list[dict[str, Any]] = Field(description="each unlearning round: tokens, data, accuracy, re-scan")
+    mixing: dict[str, Any] | None = Field(None, description="the Fine-mixing step (`mix_rho`), if it ran")
+    scan_after: dict[str, Any] = Field(description="the last re-scan (or the first scan, unchanged)")
+    unlearned: list[dict[str, str]] = Field(description="the tokens unlearned and the label each forced")
+    set_aside: list[dict[str, str]] = Field(description="the candidates not unlearned, and why")
+    val_accuracy: float = Field(description="the repaired model's held-out clean accuracy")
+    decision: str = Field(description="what auto did, in words")
 
 
 def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
@@ -120,7 +137,7 @@ def _with_candidates(data: TextDataset, candidates: dict[str, int], share: float
 
 
 @register("auto", AutoConfig, needs_reference=True)
-def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, dict[str, Any]]:
+def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, AutoDetails]:
     """Scan, unlearn the verified trigger candidates with their true labels, re-scan (repeat while flagged)."""
     train_part, val = context.clean.train, context.clean.val
     everything = TextDataset(train_part.texts + val.texts, train_part.labels + val.labels, train_part.label_names,
@@ -134,7 +151,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     start = time.perf_counter()
     before = scan(victim, everything, reference=ref_path, config=scan_config)
     stages["scan_before_seconds"] = round(time.perf_counter() - start, 1)
-    suspect_val = accuracy(predict(victim, val.texts), val.labels)
+    suspect_val = accuracy_on(victim, val)
     details: dict[str, Any] = {"reference": None if ref_path is None else str(ref_path),
                                "reference_dropped": context.reference is not None and reference is None,
                                "min_excess": min_excess, "scan_before": _summary(before, "all clean texts"),
@@ -174,7 +191,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             reset_rows(victim, reference, [single[w][0] for w in reset])
         data = _with_candidates(train_part, candidates, config.copies, config.seed + round_no)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
-        # kept the first one on MR BadNet, before the unlearning had taken (trigger effect 6.6)
+        # can be one before the unlearning has taken (docs/defences.md, "auto")
         held_out = _with_candidates(val, candidates, 1.0, config.seed + round_no)
         cfg = config.train.model_copy(update={"seed": config.seed, "select_best": False})
         result = train(victim, data, held_out, cfg).as_dict()
@@ -193,9 +210,9 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                    {**details["scan_before"], "unchanged": True},
                    unlearned=[{"token": w, "label": victim.label_names[y]} for w, y in candidates.items()],
                    set_aside=[{"token": w, "why": why} for w, why in set_aside.items()],
-                   val_accuracy=accuracy(predict(victim, val.texts), val.labels))
+                   val_accuracy=accuracy_on(victim, val))
     details["decision"] = ("no evidence: model unchanged" if before.verdict != "backdoored" else
                            "flagged, but no candidate passed the rules: model unchanged" if not candidates else
                            f"unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
                            f"after: {details['scan_after']['verdict']}")
-    return victim, details
+    return victim, AutoDetails(**details)

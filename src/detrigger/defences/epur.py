@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from detrigger.batching import encode
-from detrigger.defenses.base import Context, DefenceConfig, register
+from detrigger.defences.base import Context, DefenceConfig, StepDetails, StepFacts, register
 from detrigger.errors import DetriggerError
 from detrigger.models.arch import embedding_key, family
 from detrigger.models.victim import Victim, reference_embeddings, reference_state
@@ -26,6 +26,20 @@ class EpurConfig(DefenceConfig):
     top_n: int = Field(200, ge=1, description="rows reset to the pre-trained embeddings")
     freq_floor: int = Field(20, ge=2, description="frequencies below this count as this (keeps log > 0)")
     report: int = Field(20, ge=0, description="flagged tokens listed in the report")
+
+
+class EpurDetails(StepDetails):
+    shown = ("reset_rows",)
+
+    reset_rows: int = Field(description="embedding rows reset")
+    flagged: list[dict[str, Any]] = Field(description="the top-scored tokens: token, id, score")
+    score_threshold: float = Field(description="the lowest score reset")
+
+    def facts(self) -> StepFacts:
+        return StepFacts(reset_rows=self.reset_rows, flagged=[t["token"] for t in self.flagged[:10]])
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "flagged": " ".join(t["token"] for t in self.flagged[:10])}
 
 
 def epur_scores(victim: Victim, reference: dict[str, torch.Tensor], texts: list[str],
@@ -55,7 +69,7 @@ def reset_rows(victim: Victim, reference: dict[str, torch.Tensor], ids: torch.Te
 
 
 @register("epur", EpurConfig, needs_reference=True)
-def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, dict[str, Any]]:
+def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, EpurDetails]:
     """Reset the embedding rows that moved most for their clean-text frequency."""
     assert context.reference is not None
     reference = reference_state(victim, context.reference, "epur")
@@ -66,4 +80,4 @@ def epur(victim: Victim, context: Context, config: EpurConfig) -> tuple[Victim, 
     tokens = victim.tokenizer.convert_ids_to_tokens(top[:config.report].tolist())
     flagged = [{"token": t, "id": int(i), "score": round(float(scores[i]), 4)}
                for t, i in zip(tokens, top[:config.report])]
-    return victim, {"reset_rows": len(top), "flagged": flagged, "score_threshold": float(scores[top[-1]])}
+    return victim, EpurDetails(reset_rows=len(top), flagged=flagged, score_threshold=float(scores[top[-1]]))

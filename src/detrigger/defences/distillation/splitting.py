@@ -1,4 +1,4 @@
-"""Token splitting (MBTSAD): cut words at an inner position, "beauty" -> "be auty".
+"""MBTSAD's token splitting: cut words at an inner position, "beauty" -> "be auty".
 
 Every run of two or more letters (a "word"; punctuation and digits around it are left alone) is, with
 `probability`, cut once at a uniformly random inner character position. The label is kept. A rare-word
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from detrigger.data.dataset import TextDataset
+from detrigger.models.victim import register_input_transform
 
 WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
 
@@ -66,9 +67,10 @@ def split_dataset(data: TextDataset, *, probability: float = 1.0, min_length: in
 
 @dataclass(frozen=True)
 class RareWordSplitter:
-    """Cut every word (as in `split_text`) whose lower-cased form is not in `vocabulary`, the words seen at
-    least `min_count` times in the defender's clean text. The cut point is a hash of the word and `seed`,
-    so a word is always cut the same way and predictions do not depend on batch order."""
+    """MBTSAD's input purifier (a `Victim` input transform): cut every word (as in `split_text`) whose
+    lower-cased form is not in `vocabulary`, the words seen at least `min_count` times in the defender's clean
+    text. The cut point is a hash of the word and `seed`, so a word is always cut the same way and predictions
+    do not depend on batch order."""
 
     vocabulary: frozenset[str]
     min_count: int = 1
@@ -103,3 +105,6 @@ class RareWordSplitter:
             if not isinstance(obj.get(key), int):
                 raise ValueError(f"{key}: expected an integer")
         return cls(frozenset(vocabulary), obj["min_count"], obj["seed"])
+
+
+register_input_transform("rare-word-splitter", RareWordSplitter.from_dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detrigger.defenses.base import Context, DefenceConfig, register
+from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
 from detrigger.models.victim import Victim, check_reference, new_victim
 from detrigger.training.loop import train
 
@@ -17,15 +17,15 @@ def fine_tune(victim: Victim, context: Context, config: DefenceConfig) -> dict[s
 
 
 @register("ft", DefenceConfig, needs_reference=False)
-def ft(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim, dict[str, Any]]:
+def ft(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim, StepDetails]:
     """Fine-tune the suspect model on the clean subset."""
-    return victim, {"train": fine_tune(victim, context, config)}
+    return victim, StepDetails(train=fine_tune(victim, context, config))
 
 
 @register("retrain", DefenceConfig, needs_reference=True)
-def retrain(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim, dict[str, Any]]:
+def retrain(victim: Victim, context: Context, config: DefenceConfig) -> tuple[Victim, StepDetails]:
     """Discard the suspect weights; fine-tune the pre-trained encoder on the clean subset."""
     fresh = new_victim(victim.label_names, encoder=context.reference, max_length=victim.max_length, seed=config.seed)
     check_reference(victim, fresh.model, "retrain", context.reference)
     fresh.info = dict(victim.info)
-    return fresh, {"train": fine_tune(fresh, context, config)}
+    return fresh, StepDetails(train=fine_tune(fresh, context, config))

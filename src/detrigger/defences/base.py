@@ -12,24 +12,23 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.cost import measure
+from detrigger.data import clean_subset, default_part, load_part
 from detrigger.data.dataset import Splits, TextDataset, split
 from detrigger.errors import DetriggerError, invalid
-from detrigger.evaluation.metrics import accuracy, predict
-from detrigger.models.victim import Victim, default_encoder_path
+from detrigger.models.predict import accuracy_on
+from detrigger.models.victim import REPAIR_FILE, Victim, default_encoder_path
+from detrigger.progress import pct
 from detrigger.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
-
-# The detail a defence with an input purifier reports: held-out clean accuracy through its purifier.
-PURIFIED = "purified_val_accuracy"
 
 
 class DefenceConfig(BaseModel):
@@ -40,6 +39,60 @@ class DefenceConfig(BaseModel):
     train: TrainConfig = Field(TrainConfig(epochs=3, lr=5e-5), description="fine-tuning on the clean subset")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="part of the clean subset held out for selection")
     seed: int = Field(0, description="seeds the held-out split, masks and training")
+
+
+class StepFacts(BaseModel):
+    """The facts of one repair step that a bench record keeps and its tables and plots read (not whole training
+    histories). A fact the step did not produce is unset and stays out of the dump."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rho: float | None = Field(None, description="mixing: the kept fraction of the fine-tuned change")
+    ratio: float | None = Field(None, description="fine-pruning: the pruned fraction chosen")
+    val_accuracy: float | None = Field(None, description="the repaired model's held-out clean accuracy")
+    suspect_val_accuracy: float | None = Field(None, description="the suspect's held-out clean accuracy")
+    curve: list[dict[str, float]] | None = Field(None, description="held-out accuracy per rho or pruning ratio tried")
+    teacher_val_accuracy: float | None = Field(None, description="distillation: the teacher's held-out accuracy")
+    teacher_split_val_accuracy: float | None = Field(None, description="MBTSAD: the teacher's, on split text")
+    stages: dict[str, float] | None = Field(None, description="wall seconds per stage, by `<stage>_seconds`")
+    reset_rows: int | None = Field(None, description="E-PUR: embedding rows reset")
+    flagged: list[str] | None = Field(None, description="E-PUR: the first ten flagged tokens")
+    scan_before: dict[str, Any] | None = Field(None, description="auto: the scan of the suspect")
+    scan_after: dict[str, Any] | None = Field(None, description="auto: the last re-scan")
+    rounds: list[dict[str, Any]] | None = Field(None, description="auto: each unlearning round")
+    unlearned: list[dict[str, str]] | None = Field(None, description="auto: the tokens unlearned")
+    set_aside: list[dict[str, str]] | None = Field(None, description="auto: the candidates not unlearned, and why")
+    decision: str | None = Field(None, description="auto: what it did, in words")
+
+
+class StepDetails(BaseModel):
+    """What one step of a repair did; each defence returns its own subclass. Facts a step did not produce are
+    unset and stay out of `as_dict()` (repair.json); `facts()` is what a bench record keeps, `summary()` what
+    `detrigger repair` prints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shown: ClassVar[tuple[str, ...]] = ()  # the facts `summary()` prints, in order
+
+    stages: dict[str, float] | None = Field(None, description="wall seconds per stage, by `<stage>_seconds`")
+    train: dict[str, Any] | None = Field(None, description="the last training run (`TrainResult.as_dict()`)")
+    purified_val_accuracy: float | None = Field(
+        None, description="held-out clean accuracy through the input purifier the step built, if any")
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def facts(self) -> StepFacts:
+        """The facts a bench record keeps: the step's fields that `StepFacts` declares."""
+        kept = set(StepFacts.model_fields) & self.model_fields_set
+        return StepFacts(**{k: getattr(self, k) for k in kept})
+
+    def summary(self) -> dict[str, Any]:
+        """The step's headline facts, in `shown` order, and the best held-out accuracy of its training."""
+        out = {k: getattr(self, k) for k in self.shown if k in self.model_fields_set}
+        if self.train is not None:
+            out["best_val_accuracy"] = self.train["best_val_accuracy"]
+        return out
 
 
 @dataclass
@@ -62,10 +115,21 @@ class RepairReport:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     accuracy_with_purifier: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, StepDetails] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"},
+                "details": {step: d.as_dict() for step, d in self.details.items()}}
+
+    def text(self) -> str:
+        """Each step's headline facts and the held-out accuracies, as `detrigger repair` prints them."""
+        lines = [f"  {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in d.summary().items()) for step, d in self.details.items()]
+        purified = "" if self.accuracy_with_purifier is None else \
+            f", {pct(self.accuracy_with_purifier)} with the input purifier"
+        return "\n".join(lines + [
+            f"held-out clean accuracy ({self.heldout_count} texts of the clean subset not trained on): suspect "
+            f"{pct(self.accuracy_before)}, repaired {pct(self.accuracy_after)} (weights alone){purified}"])
 
 
 @dataclass
@@ -91,7 +155,7 @@ class RepairResult:
                   "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                   "saved": {"purifier": shipped, "plain_transformers": not shipped}}
         record["saved"]["note"] = saved_note(record)
-        victim.save(out, overwrite=overwrite, extra_files={"repair.json": record, "README.md": render_card(record)})
+        victim.save(out, overwrite=overwrite, extra_files={REPAIR_FILE: record, "README.md": render_card(record)})
         return record
 
 
@@ -103,8 +167,8 @@ class Context:
     reference: Path | None
 
 
-# A defence: (suspect victim copy, context, config) -> (repaired victim, details)
-DefenceFn = Callable[[Victim, Context, Any], tuple[Victim, dict[str, Any]]]
+# A defence: (suspect victim copy, context, config) -> (repaired victim, what it did)
+DefenceFn = Callable[[Victim, Context, Any], tuple[Victim, StepDetails]]
 
 
 @dataclass(frozen=True)
@@ -140,13 +204,14 @@ def repair(victim: Victim, clean: TextDataset, *, method: str, reference: str | 
 
     `method` is one defence or a pipeline joined by `+` (e.g. `epur+finemixing`: purify the embeddings,
     then fine-mix); a pipeline's `config` is a dict keyed by step. `reference` is the pre-trained encoder
-    folder (default: the embedded MiniLM) for the methods that use one. `clean_fraction` (what share of
-    the task's training data `clean` is) is only recorded.
+    folder (default: a LoRA suspect's base, else the embedded MiniLM) for the methods that use one.
+    `clean_fraction` (what share of the task's training data `clean` is) is only recorded.
     """
     steps = method.split("+")
     configs = step_configs(method, config)
     victim.check_labels(clean.label_names, "clean data")
     needs_ref = any(DEFENCES[m].needs_reference for m in steps)
+    reference = reference or victim.info.get("adapter", {}).get("base")  # a LoRA suspect's base is its w_P
     ref = Path(reference) if reference else (default_encoder_path() if needs_ref else None)
     first = configs[0]
     context = Context(clean_splits(clean, first.val_fraction, first.seed), ref)
@@ -154,18 +219,17 @@ def repair(victim: Victim, clean: TextDataset, *, method: str, reference: str | 
                           clean_fraction)
     val = context.clean.val
     report.heldout_count = len(val)
-    report.accuracy_before = accuracy(predict(victim, val.texts), val.labels)
+    report.accuracy_before = accuracy_on(victim, val)
     repaired = copy.deepcopy(victim)
     with measure(victim.device) as cost:
         for name, cfg in zip(steps, configs):
             repaired, details = DEFENCES[name].fn(repaired, context, cfg)
             report.details[name] = details
     report.seconds, report.peak_memory_mb = round(cost.seconds, 2), round(cost.peak_memory_mb, 1)
-    report.accuracy_after = accuracy(predict(dataclasses.replace(repaired, purifier=None), val.texts), val.labels)
+    report.accuracy_after = accuracy_on(dataclasses.replace(repaired, purifier=None), val)
     if repaired.purifier is not None:  # the last step's own measure if it built the purifier (see RepairReport)
-        last = report.details[steps[-1]]
-        report.accuracy_with_purifier = last[PURIFIED] if PURIFIED in last else accuracy(predict(repaired, val.texts),
-                                                                                          val.labels)
+        own = report.details[steps[-1]].purified_val_accuracy
+        report.accuracy_with_purifier = own if own is not None else accuracy_on(repaired, val)
     repaired.info["repair"] = {"method": method, "seconds": report.seconds}
     log.info("%s: done in %.0f s", method, cost.seconds)
     return RepairResult(repaired, report)
@@ -196,3 +260,36 @@ def step_configs(method: str, config: DefenceConfig | dict[str, Any] | None) -> 
         except ValueError as exc:
             raise DetriggerError(f"{name} config: {invalid(exc)}") from None
     return out
+
+
+def options_config(method: str, given: dict[str, Any], options: dict[str, Any],
+                   train: dict[str, Any]) -> dict[str, Any]:
+    """Config dicts of `method`'s steps (keyed by step for a pipeline) from `given` (a config file's, for one
+    step or keyed by step), each of the option `options` the step's config has, and `train` overrides."""
+    steps = method.split("+")
+    if len(steps) == 1 and steps[0] not in given:
+        given = {steps[0]: given}
+    config = {}
+    for step in steps:
+        if step not in DEFENCES:
+            continue  # step_configs names the unknown defence
+        fields = DEFENCES[step].config.model_fields
+        cfg = {**given.get(step, {}), **{k: v for k, v in options.items() if v is not None and k in fields}}
+        if train:
+            cfg["train"] = {**cfg.get("train", {}), **train}
+        config[step] = cfg
+    return config if len(steps) > 1 else config.get(steps[0], {})
+
+
+def defender_clean(source: str, victim: Victim, *, fraction: float | None = None, count: int | None = None,
+                   **data_options: Any) -> tuple[TextDataset, int]:
+    """The defender's clean subset and the size of the pool it is drawn from: a built-in corpus's training
+    split as the victim was built from it (never its test split), else all of the data; all of the pool, a
+    `fraction` or a `count` of it, drawn with the data options' `seed` (default 0)."""
+    if fraction is not None and count is not None:
+        raise DetriggerError("give one of --clean-fraction and --clean-count, not both")
+    pool = load_part(source, default_part(source, "train"), label_names=victim.label_names,
+                     recorded=victim.info.get("data"), **data_options)
+    whole = fraction is None and count is None
+    subset = clean_subset(pool, fraction=1.0 if whole else fraction, count=count, seed=data_options.get("seed") or 0)
+    return subset, len(pool)

@@ -13,15 +13,14 @@ Selection uses held-out clean accuracy only, never ASR.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from pydantic import Field
 
 from detrigger.batching import bucketed_batches, collate, encode
-from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
 from detrigger.models.arch import ffn_down_projections, ffn_width, zero_ffn_inputs
+from detrigger.models.predict import accuracy_on
 from detrigger.models.victim import Victim
 from detrigger.training.loop import train
 
@@ -32,6 +31,14 @@ class FinePruningConfig(DefenceConfig):
     ratios: tuple[float, ...] = Field((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                                       description="pruned fractions per layer, tried in increasing order")
     tolerance: float = Field(0.02, ge=0, description="allowed drop of held-out clean accuracy")
+
+
+class PruningDetails(StepDetails):
+    shown = ("suspect_val_accuracy",)
+
+    ratio: float = Field(description="the pruned fraction chosen")
+    suspect_val_accuracy: float = Field(description="the suspect's held-out clean accuracy")
+    curve: list[dict[str, float]] = Field(description="held-out clean accuracy per ratio tried")
 
 
 @torch.no_grad()
@@ -81,16 +88,16 @@ def apply_pruning(victim: Victim, masks: list[torch.Tensor]) -> None:
 
 
 @register("finepruning", FinePruningConfig, needs_reference=False)
-def finepruning(victim: Victim, context: Context, config: FinePruningConfig) -> tuple[Victim, dict[str, Any]]:
+def finepruning(victim: Victim, context: Context, config: FinePruningConfig) -> tuple[Victim, PruningDetails]:
     """Prune FFN neurons dormant on clean data, then fine-tune."""
     val = context.clean.val
     activations = mean_activations(victim, list(context.clean.train.texts))
-    baseline = accuracy(predict(victim, val.texts), val.labels)
+    baseline = accuracy_on(victim, val)
     original = {k: v.clone() for k, v in victim.model.state_dict().items()}
     curve, chosen = [], 0.0
     for ratio in sorted(config.ratios):
         apply_pruning(victim, prune_masks(activations, ratio))
-        acc = accuracy(predict(victim, val.texts), val.labels)
+        acc = accuracy_on(victim, val)
         curve.append({"ratio": ratio, "val_accuracy": acc})
         victim.model.load_state_dict(original)
         if acc < baseline - config.tolerance:
@@ -101,4 +108,4 @@ def finepruning(victim: Victim, context: Context, config: FinePruningConfig) -> 
     apply_pruning(victim, masks)
     cfg = config.train.model_copy(update={"seed": config.seed})
     result = train(victim, context.clean.train, context.clean.val, cfg, after_step=lambda: apply_pruning(victim, masks))
-    return victim, {"ratio": chosen, "suspect_val_accuracy": baseline, "curve": curve, "train": result.as_dict()}
+    return victim, PruningDetails(ratio=chosen, suspect_val_accuracy=baseline, curve=curve, train=result.as_dict())

@@ -3,17 +3,21 @@ words, invisible characters and homoglyph substitution.
 
 Each trigger is a pure function of its text: the random insertion position is drawn from a generator
 seeded by (seed, text), so the same text always gets the same triggered version whatever the order of
-evaluation, and two models are always compared on identical triggered texts.
+evaluation, and two models are always compared on identical triggered texts. A ground-floor module: the
+attacks poison with these functions, evaluation measures with them, and the scan and `auto` insert candidate
+triggers with them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from detrigger.evaluation.metrics import Trigger
+from detrigger.errors import DetriggerError
+
+Trigger = Callable[[str], str]
 
 
 def _rng_for(text: str, seed: int) -> np.random.Generator:
@@ -134,3 +138,19 @@ def substitute_homoglyphs(homoglyphs: dict[str, str], times: int = 1, seed: int 
         return " ".join(tokens)
 
     return trigger
+
+
+def trigger_from_options(words: Sequence[str] | None = None, sentence: str | None = None, *, times: int = 1,
+                         seed: int = 0) -> Trigger | None:
+    """The evaluation trigger a user names: trigger words (one drawn per insertion) or a sentence; None for
+    neither. Bad options are one DetriggerError."""
+    if words and sentence:
+        raise DetriggerError("give --trigger-word or --trigger-sentence, not both")
+    try:
+        if words:
+            return insert_words(words, times=times, seed=seed)
+        if sentence:
+            return insert_sentence(sentence, seed=seed)
+    except ValueError as exc:
+        raise DetriggerError(str(exc)) from None
+    return None

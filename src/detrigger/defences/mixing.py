@@ -29,9 +29,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from detrigger.defenses.base import Context, DefenceConfig, register
-from detrigger.defenses.finetune import fine_tune
-from detrigger.evaluation.metrics import accuracy, predict
+from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
+from detrigger.defences.finetune import fine_tune
+from detrigger.models.predict import accuracy_on
 from detrigger.models.victim import Victim, reference_state
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,17 @@ class MixingConfig(DefenceConfig):
     tolerance: float = Field(0.02, ge=0, description="allowed drop of held-out clean accuracy vs the best grid point")
     mask: MaskMode = Field("random", description="random (Fine-mixing), or Sel: keep the top / bottom |w_B - w_P|")
     head: Literal["keep", "reinit"] = Field("keep", description="the task head has no pre-trained counterpart")
+
+
+class MixingDetails(StepDetails):
+    shown = ("rho", "val_accuracy", "suspect_val_accuracy")
+
+    rho: float = Field(description="the kept fraction of (w_B - w_P)")
+    val_accuracy: float = Field(description="the mixed (and fine-tuned) model's held-out clean accuracy")
+    suspect_val_accuracy: float = Field(description="the suspect's held-out clean accuracy")
+    curve: list[dict[str, float]] | None = Field(None, description="held-out accuracy per rho tried (rho unset)")
+    mixed_tensors: int = Field(description="tensors mixed")
+    skipped_tensors: int = Field(description="tensors the reference lacks or shapes differently")
 
 
 def mix_weights(victim: Victim, reference: dict[str, torch.Tensor], rho: float, mask: MaskMode = "random",
@@ -86,17 +97,17 @@ def _mix_and_score(victim: Victim, context: Context, config: MixingConfig, refer
     if tune:
         info["train"] = fine_tune(candidate, context, config)
     val = context.clean.val
-    return candidate, accuracy(predict(candidate, val.texts), val.labels), info
+    return candidate, accuracy_on(candidate, val), info
 
 
-def _mixing(victim: Victim, context: Context, config: MixingConfig, tune: bool) -> tuple[Victim, dict[str, Any]]:
+def _mixing(victim: Victim, context: Context, config: MixingConfig, tune: bool) -> tuple[Victim, MixingDetails]:
     assert context.reference is not None
     reference = reference_state(victim, context.reference, "finemixing" if tune else "mixing")
     val = context.clean.val
-    baseline = accuracy(predict(victim, val.texts), val.labels)
+    baseline = accuracy_on(victim, val)
     if config.rho is not None:
         chosen, acc, info = _mix_and_score(victim, context, config, reference, config.rho, tune)
-        return chosen, {"rho": config.rho, "val_accuracy": acc, "suspect_val_accuracy": baseline, **info}
+        return chosen, MixingDetails(rho=config.rho, val_accuracy=acc, suspect_val_accuracy=baseline, **info)
     curve: list[dict[str, Any]] = []
     candidates = []
     for rho in sorted(config.rho_grid):
@@ -106,16 +117,16 @@ def _mixing(victim: Victim, context: Context, config: MixingConfig, tune: bool) 
         log.info("rho %.2f: held-out clean accuracy %.4f", rho, acc)
     best = max(acc for _, acc, _, _ in candidates)
     rho, acc, candidate, info = next(c for c in candidates if c[1] >= best - config.tolerance)
-    return candidate, {"rho": rho, "val_accuracy": acc, "suspect_val_accuracy": baseline, "curve": curve, **info}
+    return candidate, MixingDetails(rho=rho, val_accuracy=acc, suspect_val_accuracy=baseline, curve=curve, **info)
 
 
 @register("mixing", MixingConfig, needs_reference=True)
-def mixing(victim: Victim, context: Context, config: MixingConfig) -> tuple[Victim, dict[str, Any]]:
+def mixing(victim: Victim, context: Context, config: MixingConfig) -> tuple[Victim, MixingDetails]:
     """Mix with the pre-trained weights (no fine-tuning; the ablation)."""
     return _mixing(victim, context, config, tune=False)
 
 
 @register("finemixing", MixingConfig, needs_reference=True)
-def finemixing(victim: Victim, context: Context, config: MixingConfig) -> tuple[Victim, dict[str, Any]]:
+def finemixing(victim: Victim, context: Context, config: MixingConfig) -> tuple[Victim, MixingDetails]:
     """Mix with the pre-trained weights, then fine-tune on the clean subset."""
     return _mixing(victim, context, config, tune=True)
