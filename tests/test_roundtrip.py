@@ -138,6 +138,10 @@ def test_a_shipped_purifier_is_marked_and_plain_transformers_really_differs(susp
     # the marking is true: words unseen in the clean subset are cut for detrigger, not for transformers
     assert any(loaded.prepare([t]) != [t] for t in texts)
     assert np.abs(predict_logits(loaded, texts) - plain_logits(folder, texts)).max() > 100 * TOL
+    # a fresh process that imports only load_victim rebuilds the purifier too (its provider loads on demand)
+    code = f"from detrigger import load_victim; print(load_victim({str(folder)!r}).purifier is not None)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
 
 
 def test_repair_cli_says_in_one_line_what_was_not_saved(suspect, tmp_path, mr):
