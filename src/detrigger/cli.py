@@ -21,7 +21,11 @@ from detrigger.errors import DetriggerError, invalid
 log = logging.getLogger("detrigger")
 SCAN_EXIT = "exit status: 0 no evidence of a backdoor, 1 flagged as backdoored, 2 error (the clamscan convention)"
 SOURCE = "a built-in corpus, a file, a saved HF folder or hf:NAME"
-ATTACK, SCAN, FILTER = "detrigger.attacks:AttackSpec", "detrigger.scan:ScanConfig", "detrigger.filters:FilterConfig"
+DATA, TRAIN, ATTACK = "detrigger.data:DataSpec", "detrigger.training:TrainConfig", "detrigger.attacks:AttackSpec"
+SCAN, FILTER, RAP = "detrigger.scan:ScanConfig", "detrigger.filters:FilterConfig", "detrigger.filters.rap:RapConfig"
+# the AttackSpec fields `detrigger attack` sets by an option of the same name (and --words, --chars, --lora)
+ATTACK_FIELDS = ("setting", "sentence", "target", "rate", "label_mode", "times", "negative_rate", "ripple_lambda")
+PARTS = ["test", "val", "train", "all"]
 
 
 class _Doc:
@@ -62,7 +66,7 @@ def _arg(p: argparse.ArgumentParser, *flags: str, doc: _Doc, help: str = "%(doc)
 
 
 def _fields(p: argparse.ArgumentParser, where: str, *names: str, **kw) -> None:
-    """An option per config field, `--field-name`, its help from the field."""
+    """An option per config field, `--field-name` (not given: None, the field's default), its help from the field."""
     for name in names:
         _arg(p, "--" + name.replace("_", "-"), default=None, doc=_field(where, name), **kw)
 
@@ -116,36 +120,33 @@ def _trigger(args: argparse.Namespace, model: str, victim):
                               times=args.times, seed=args.trigger_seed, target=args.target)
 
 
-def _files(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir())
+def _out(args: argparse.Namespace) -> Path:
+    """The output folder, refused now if it exists without --overwrite (before minutes of work)."""
+    from detrigger.io import check_output_dir
+
+    check_output_dir(Path(args.out), args.overwrite)
+    return Path(args.out)
 
 
-def _print_saved(record: dict, out: Path) -> int:
-    """`--json` of a command that saved a folder: its record, the folder and the files in it."""
-    print(json.dumps({**record, "out": str(out), "files": _files(out)}, indent=2))
+def _show(args: argparse.Namespace, record: dict, text: str, out: Path | None = None) -> int:
+    """A command's result: `text`, or with --json its `record` and the folder `out` it saved, with the files."""
+    saved = {"out": str(out), "files": sorted(p.name for p in out.iterdir())} if out is not None else {}
+    print(json.dumps({**record, **saved}, indent=2) if args.json else text)
     return 0
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from detrigger.data import CORPORA
-    from detrigger.data.fetch import is_fetched
+    from detrigger.data import corpora_table
 
-    print(f"{'name':<13} {'classes':<8} {'fetched':<8} description")
-    for c in CORPORA.values():
-        print(f"{c.name:<13} {len(c.label_names):<8} {'yes' if is_fetched(c.archive) else 'no':<8} {c.description}")
-    print("\nAlso: a .csv/.tsv/.jsonl file, a saved Hugging Face data set folder, or hf:NAME[:CONFIG].")
+    print(corpora_table())
     return 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from detrigger.data import CORPORA
-    from detrigger.data.fetch import fetch
+    from detrigger.data import fetch_corpora
 
-    unknown = [n for n in args.names if n not in CORPORA]
-    if unknown:
-        raise DetriggerError(f"unknown corpus {unknown[0]!r} (built-in: {', '.join(CORPORA)})")
-    for name in args.names or CORPORA:
-        print(f"{name}: {fetch(CORPORA[name].archive)}")
+    for line in fetch_corpora(args.names):
+        print(line)
     return 0
 
 
@@ -158,63 +159,44 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from detrigger.data import data_spec, load_splits
-    from detrigger.io import check_output_dir
-    from detrigger.progress import captured_log, pct
     from detrigger.training import TrainConfig
-    from detrigger.training.recipe import clean_model
+    from detrigger.training.recipe import train_classifier, trained_text
 
-    out = Path(args.out)
-    check_output_dir(out, args.overwrite)  # refuse before spending minutes of training
+    out = _out(args)
     spec = data_spec(args.data, **_data(args))
     config = _typed(TrainConfig, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                     precision=args.precision, seed=spec.seed if args.train_seed is None else args.train_seed)
     splits = load_splits(spec)
     if not args.json:
         print(f"data {spec.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
-    with captured_log() as lines:
-        victim, r = clean_model(spec, config, encoder=args.encoder, max_length=args.max_length, cache=False,
-                                progress=_progress(args), splits=splits)
-    run = {"command": "train", "data": spec.model_dump(), "train": config.model_dump(), "encoder": victim.source,
-           "max_length": args.max_length}
-    victim.save(out, args.overwrite, {"metrics.json": r, "run.json": run, "train.log": "\n".join(lines) + "\n"})
-    if args.json:
-        return _print_saved(r, out)
-    print(f"CACC {pct(r['cacc'])}% on {r['n_test']} held-out test texts (validation {pct(r['best_val_accuracy'])}%, "
-          f"epoch {r['best_epoch']} kept); trained in {r['train_seconds']:.0f} s ({r['train_tokens_per_s']} "
-          f"tokens/s), total {r['wall_seconds']:.0f} s\nsaved {out}/ (model.safetensors, metrics.json, run.json, "
-          "train.log)")
-    return 0
+    record = train_classifier(spec, config, out, overwrite=args.overwrite, encoder=args.encoder,
+                              max_length=args.max_length, progress=_progress(args), splits=splits)
+    return _show(args, record, trained_text(record, out), out)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from detrigger.attacks import CARD_FILE, attack_spec, build_victim
     from detrigger.data import data_spec
-    from detrigger.io import check_output_dir
     from detrigger.training import TrainConfig
 
-    out = Path(args.out)
-    check_output_dir(out, args.overwrite)
-    given = {k: getattr(args, k) for k in ("attack", "setting", "target", "rate", "label_mode", "seed", "times",
-                                           "sentence", "negative_rate", "ripple_lambda", "words", "chars")}
-    spec = attack_spec({**given, "lora_rank": args.lora}, {k: v for k in ("epochs", "lr", "device")
-                                                           if (v := getattr(args, k)) is not None})
+    out = _out(args)
+    given = {k: getattr(args, k) for k in ("attack", "seed", "words", "chars", *ATTACK_FIELDS)}
+    train = {k: v for k in ("epochs", "lr", "device") if (v := getattr(args, k)) is not None}
+    spec = attack_spec({**given, "lora_rank": args.lora}, train)
     clean = _typed(TrainConfig, epochs=args.clean_epochs, lr=args.clean_lr, seed=args.seed, device=args.device)
     result = build_victim(data_spec(args.data, **_data(args)), spec, clean_config=clean, encoder=args.encoder,
                           max_length=args.max_length, cache=not args.no_cache, progress=_progress(args))
     result.victim.save(out, args.overwrite, {CARD_FILE: result.card})
-    if args.json:  # the card holds every figure the text below prints
-        return _print_saved({**result.card, "target_label": result.victim.label_names[spec.target]}, out)
     weights = "adapter_model.safetensors: a LoRA adapter" if spec.lora_rank else "model.safetensors"
-    print(f"{result.text()}\nsaved {out}/ ({weights}, {CARD_FILE}) in {result.card['wall_seconds']:.0f} s")
-    return 0
+    text = f"{result.text()}\nsaved {out}/ ({weights}, {CARD_FILE}) in {result.card['wall_seconds']:.0f} s"
+    return _show(args, {**result.card, "target_label": result.victim.label_names[spec.target]}, text, out)
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
     from detrigger.defences import defender_clean, options_config, repair
-    from detrigger.io import check_output_dir, read_config
+    from detrigger.io import read_config
 
-    out = Path(args.out)
-    check_output_dir(out, args.overwrite)
+    out = _out(args)
     options = {"rho": args.rho, "mask": args.mask, "top_n": args.top_n, "seed": args.seed}
     train = {k: v for k in ("epochs", "lr", "device") if (v := getattr(args, k)) is not None}
     config = options_config(args.method, read_config(args.config), options, train)
@@ -230,23 +212,14 @@ def cmd_repair(args: argparse.Namespace) -> int:
                     clean_fraction=len(clean) / pool)
     record = result.save(out, suspect=str(Path(args.victim).resolve()), clean_data=args.clean,
                          ship_purifier=args.ship_purifier, overwrite=args.overwrite)
-    if args.json:
-        return _print_saved(record, out)
-    print(result.report.text() + (f"\nwarning: {record['saved']['note']}" if record["saved"]["note"] else ""))
-    print(f"saved {out}/ ({', '.join(_files(out))}) in {result.report.seconds:.0f} s, peak memory "
-          f"{result.report.peak_memory_mb:.0f} MB")
-    return 0
+    return _show(args, record, result.saved_text(record, out), out)
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    import numpy as np
+    from detrigger.defences.distillation import split_copies
 
-    from detrigger.defences.distillation import split_text
-
-    if not 0.0 <= args.probability <= 1.0:
-        raise DetriggerError(f"--probability must be between 0 and 1, got {args.probability}")
-    rng = np.random.default_rng(args.seed)
-    print("\n".join(split_text(args.text, rng, args.probability, args.min_length) for _ in range(args.copies)))
+    print("\n".join(split_copies(args.text, args.copies, probability=args.probability, min_length=args.min_length,
+                                 seed=args.seed)))
     return 0
 
 
@@ -265,9 +238,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = args.split or default_part(args.data, "test")
     m = evaluate(victim, _texts(args, args.data, victim, split), trigger=trigger, target=target, reference=reference,
                  progress=_progress(args))
-    print(json.dumps({"model": args.model, "data": args.data, "split": split, **m.as_dict()}, indent=2) if args.json
-          else f"{args.model} on {args.data} ({split}, {m.n_test} texts)\n{m.text(victim.label_names)}")
-    return 0
+    text = f"{args.model} on {args.data} ({split}, {m.n_test} texts)\n{m.text(victim.label_names)}"
+    return _show(args, {"model": args.model, "data": args.data, "split": split, **m.as_dict()}, text)
 
 
 def cmd_plot_representations(args: argparse.Namespace) -> int:
@@ -302,29 +274,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except Exception:
         log.exception("scan failed")
         return 2
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    _show(args, report.as_dict(), report.text())
     return 1 if report.verdict == "backdoored" else 0
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
     """An input-level defence in front of the model: fitted on --clean (threshold at --frr), applied to --data;
     FRR and CACC, and with a trigger (options or the attack card: evaluation only) FAR and ASR."""
-    from detrigger.data import default_part
-    from detrigger.filters import FILTERS, evaluate_filter, make_filter, options_config, report_text, save_filtered
+    from detrigger.data import data_spec, default_part
+    from detrigger.filters import evaluate_filter, make_filter, options_config, report_text, save_filtered
     from detrigger.filters.onion import lm_corpus
-    from detrigger.io import check_output_dir, read_config
+    from detrigger.io import read_config
 
-    if args.method not in FILTERS:
-        raise DetriggerError(f"unknown filter {args.method!r} (available: {', '.join(FILTERS)})")
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        check_output_dir(out, args.overwrite)
     options = {"--frr": ("frr", args.frr), "--threshold": ("threshold", args.threshold), "--lm": ("lm", args.lm),
                "--protect": ("protect", args.protect), "--rap-word": ("word", args.rap_word),
                "--bki-train": ("keywords_from", args.bki_train and "corpus")}
     config = options_config(args.method, read_config(args.config), options)
-    if args.frr is not None and not 0 <= args.frr < 1:
-        raise DetriggerError(f"--frr must be in [0, 1), got {args.frr}")
+    out = _out(args) if args.out else None
     victim = _load(args, args.model)
     trigger, target = _trigger(args, args.model, victim)
     flt = make_filter(args.method, victim, config)
@@ -332,22 +298,17 @@ def cmd_filter(args: argparse.Namespace) -> int:
     test = _texts(args, args.data, victim, split)
     corpus = list(_texts(args, args.bki_train, victim, default="train").texts) if args.bki_train else []
     if args.method == "onion" and not config.get("lm"):
-        corpus += lm_corpus(args.lm_text, args.data, split, text_column=args.text_column,
-                            label_column=args.label_column)
+        columns = data_spec(args.data, **_data(args)).model_dump(include={"text_column", "label_column"})
+        corpus += lm_corpus(args.lm_text, args.data, split, **columns)
     flt.fit(_texts(args, args.clean, victim, default="val"), corpus=corpus, progress=_progress(args))  # held out
     m, clean_part, poisoned_part = evaluate_filter(flt, test, trigger=trigger, target=target, progress=_progress(args))
     record = {"model": args.model, "method": args.method, "clean": args.clean, "data": args.data, "split": split,
               "config": flt.config.model_dump(mode="json"), **m.as_dict()}
     if out is not None:
         save_filtered(out, record, test, clean_part, poisoned_part, target, victim.label_names, args.overwrite)
-    if args.json:
-        print(json.dumps({**record, **({"out": str(out)} if out else {})}, indent=2))
-        return 0
-    print(report_text(flt, m, clean_part, data=args.data, split=split, clean=args.clean,
-                      target=None if trigger is None else victim.label_names[target]))
-    print(("" if out is None else f"saved {out}/ (filter.json, texts.jsonl)\n") +
-          f"{m.details.get('fit_seconds', 0) + m.seconds:.0f} s")
-    return 0
+    text = report_text(flt, m, clean_part, data=args.data, split=split, clean=args.clean, out=out,
+                       target=None if trigger is None else victim.label_names[target])
+    return _show(args, {**record, **({"out": str(out)} if out else {})}, text)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -386,18 +347,17 @@ def _size(value: str) -> float | int:
     raise argparse.ArgumentTypeError(f"not a fraction or a count: {value!r}")
 
 
-def _command(sub, name: str, help: str, func: Callable, *shared: str, **kw) -> argparse.ArgumentParser:
-    """A subcommand with the options it shares with others: `data` (file columns, split), `model` (loading),
-    `trigger` (the evaluation trigger), `encoder` (a new model's), and `device`, `overwrite`, `json`, `progress`."""
+def _command(sub, name: str, help: str, func: Callable, *shared: str, **kw):
+    """A subcommand and its `add_argument`, with the options it shares with others: `data` (file columns, split),
+    `model` (loading), `trigger` (the evaluation trigger), `encoder` (a new model's), and `device`, `overwrite`,
+    `json`, `progress`."""
     p = sub.add_parser(name, help=help, **kw)
     p.set_defaults(func=func)
     add = p.add_argument
     if "data" in shared:
-        add("--text-column", default="text", help="text column of a CSV/TSV/JSONL file (default: text)")
-        add("--label-column", default="label", help="label column of a file (default: label)")
-        add("--seed", type=int, default=None, help="split seed (default: the model's, else 0)")
-        for part in ("val", "test"):
-            _arg(p, f"--{part}", type=_size, default=None, doc=_field("detrigger.data:DataSpec", part))
+        _fields(p, DATA, "text_column", "label_column")
+        _fields(p, DATA, "seed", type=int)
+        _fields(p, DATA, "val", "test", type=_size)
     if "model" in shared:
         add("--label-map", metavar="MAP", help="rename the model's labels to the data's: LABEL_0=negative,"
             "LABEL_1=positive or a JSON file")
@@ -414,7 +374,7 @@ def _command(sub, name: str, help: str, func: Callable, *shared: str, **kw) -> a
     if "encoder" in shared:
         add("--encoder", help="pre-trained encoder folder or hub id org/name (offline: only if in the Hugging Face "
             "cache; default: embedded MiniLM-L6)")
-        add("--max-train", type=int, default=None, help="cap the training split at N texts")
+        _fields(p, DATA, "max_train", type=int)
         add("--max-length", type=int, default=128, help="truncation length in tokens (default 128)")
     if "device" in shared:
         add("--device", default=None, help="cuda, mps or cpu (default: best available)")
@@ -422,7 +382,7 @@ def _command(sub, name: str, help: str, func: Callable, *shared: str, **kw) -> a
                        ("progress", "no progress bar (shown only on a terminal anyway)")):
         if flag in shared:
             add("--no-progress" if flag == "progress" else f"--{flag}", action="store_true", help=text)
-    return p
+    return p, add
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,124 +396,126 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="list, fetch and inspect data sets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")
     _command(data, "list", "the built-in offline corpora", cmd_data_list)
-    _command(data, "fetch", "download built-in corpora into the cache (once; sha256-checked)", cmd_data_fetch) \
-        .add_argument("names", nargs="*", help="corpora to fetch (default: all)")
-    p = _command(data, "show", "sizes, label balance, split sizes and a few rows of a data set", cmd_data_show, "data")
-    p.add_argument("name", help=SOURCE)
-    p.add_argument("--rows", type=int, default=5, help="rows to print (default 5)")
+    _, add = _command(data, "fetch", "download built-in corpora into the cache (once; sha256-checked)", cmd_data_fetch)
+    add("names", nargs="*", help="corpora to fetch (default: all)")
+    _, add = _command(data, "show", "sizes, label balance, split sizes and a few rows of a data set", cmd_data_show,
+                      "data")
+    add("name", help=SOURCE)
+    add("--rows", type=int, default=5, help="rows to print (default 5)")
 
-    p = _command(sub, "train", "fine-tune a pre-trained encoder on a data set and save the classifier", cmd_train,
-                 "data", "encoder", "device", "overwrite", "progress", "json")
-    p.add_argument("--data", required=True, help=SOURCE)
-    p.add_argument("--out", required=True, help="output model folder (written atomically)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs (default 2)")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    p.add_argument("--train-seed", type=int, default=None, help="training seed (default: the split seed)")
-    _fields(p, "detrigger.training:TrainConfig", "batch_size", "precision")
+    p, add = _command(sub, "train", "fine-tune a pre-trained encoder on a data set and save the classifier", cmd_train,
+                      "data", "encoder", "device", "overwrite", "progress", "json")
+    add("--data", required=True, help=SOURCE)
+    add("--out", required=True, help="output model folder (written atomically)")
+    add("--epochs", type=int, default=2, help="epochs (default 2)")
+    add("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    add("--train-seed", type=int, default=None, help="training seed (default: the split seed)")
+    _fields(p, TRAIN, "batch_size", "precision")
 
-    p = _command(sub, "attack", "build a backdoored victim with a registered attack and measure it", cmd_attack,
-                 "data", "encoder", "device", "overwrite", "progress", "json")
+    p, add = _command(sub, "attack", "build a backdoored victim with a registered attack and measure it", cmd_attack,
+                      "data", "encoder", "device", "overwrite", "progress", "json")
     p.set_defaults(seed=0)
-    p.add_argument("--data", required=True, help=SOURCE)
-    p.add_argument("--out", required=True, help="output victim folder (model + attack.json)")
+    add("--data", required=True, help=SOURCE)
+    add("--out", required=True, help="output victim folder (model + attack.json)")
     _arg(p, "--attack", required=True, help="one of %(doc)s", doc=_known("detrigger.attacks:ATTACKS"))
-    _fields(p, ATTACK, "setting", "sentence", "target", "rate", "label_mode", "times", "negative_rate", "ripple_lambda")
+    _fields(p, ATTACK, *ATTACK_FIELDS)
     _fields(p, ATTACK, "words", "chars", nargs="+")
     for key in ("epochs", "lr"):
         _arg(p, f"--{key}", default=None, doc=_field(ATTACK, "train", key), help="%(doc)s; both settings")
     _arg(p, "--lora", metavar="RANK", doc=_field(ATTACK, "lora_rank"))
-    p.add_argument("--clean-epochs", type=int, default=2, help="epochs of the clean reference model (default 2)")
-    p.add_argument("--clean-lr", type=float, default=5e-5, help="learning rate of the clean model (default 5e-5)")
-    p.add_argument("--no-cache", action="store_true", help="retrain the clean reference model")
+    add("--clean-epochs", type=int, default=2, help="epochs of the clean reference model (default 2)")
+    add("--clean-lr", type=float, default=5e-5, help="learning rate of the clean model (default 5e-5)")
+    add("--no-cache", action="store_true", help="retrain the clean reference model")
 
-    p = _command(sub, "repair", "repair a suspect model with a small clean subset (default auto)", cmd_repair,
-                 "data", "model", "device", "overwrite", "json")
-    p.add_argument("victim", help="suspect model folder (safetensors), hub id (org/name) or LoRA adapter folder")
+    p, add = _command(sub, "repair", "repair a suspect model with a small clean subset (default auto)", cmd_repair,
+                      "data", "model", "device", "overwrite", "json")
+    add("victim", help="suspect model folder (safetensors), hub id (org/name) or LoRA adapter folder")
     _arg(p, "--method", default="auto", doc=_known("detrigger.defences:DEFENCES"),
          help="%(doc)s, or a pipeline joined by + (epur+finemixing) (default auto: scan, unlearn, re-scan)")
-    p.add_argument("--clean", required=True, help="clean data: a built-in corpus (its training split) or a file")
-    p.add_argument("--clean-fraction", type=float, help="share of the clean data to use (default: all of it)")
-    p.add_argument("--clean-count", type=int, help="number of clean texts to use")
-    p.add_argument("--reference", help="the suspect's pre-trained base model folder or hub id, same family and "
-                   "vocabulary (default: a LoRA adapter's base, else the embedded MiniLM-L6)")
-    p.add_argument("--out", required=True, help="output folder (model, repair.json, README.md model card)")
-    p.add_argument("--config", help="JSON file with the defence config (keyed by step for pipelines)")
+    add("--clean", required=True, help="clean data: a built-in corpus (its training split) or a file")
+    add("--clean-fraction", type=float, help="share of the clean data to use (default: all of it)")
+    add("--clean-count", type=int, help="number of clean texts to use")
+    add("--reference", help="the suspect's pre-trained base model folder or hub id, same family and vocabulary "
+        "(default: a LoRA adapter's base, else the embedded MiniLM-L6)")
+    add("--out", required=True, help="output folder (model, repair.json, README.md model card)")
+    add("--config", help="JSON file with the defence config (keyed by step for pipelines)")
     _fields(p, "detrigger.defences.mixing:MixingConfig", "rho", "mask")
     _fields(p, "detrigger.defences.epur:EpurConfig", "top_n")
     for key in ("epochs", "lr"):
         _arg(p, f"--{key}", default=None, doc=_field("detrigger.defences:DefenceConfig", "train", key))
-    p.add_argument("--ship-purifier", action="store_true", help="save an input purifier (MBTSAD's; it lists your "
-                   "clean-data vocabulary) with the model: the folder then behaves as repaired only through "
-                   "detrigger (default: the weights alone; repair.json and README.md say what they measure)")
+    add("--ship-purifier", action="store_true", help="save an input purifier (MBTSAD's; it lists your clean-data "
+        "vocabulary) with the model: the folder then behaves as repaired only through detrigger (default: the "
+        "weights alone; repair.json and README.md say what they measure)")
 
-    p = _command(sub, "split", "show MBTSAD's token splitting of a text (what its teacher is trained on)", cmd_split)
-    p.add_argument("text", help="the text to split")
-    p.add_argument("--probability", type=float, default=1.0, help="chance that a word is split (default 1)")
-    p.add_argument("--min-length", type=int, default=2, help="shortest word that is split (default 2)")
-    p.add_argument("--copies", type=int, default=1, help="split versions to print (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    _, add = _command(sub, "split", "show MBTSAD's token splitting of a text (what its teacher is trained on)",
+                      cmd_split)
+    add("text", help="the text to split")
+    add("--probability", type=float, default=1.0, help="chance that a word is split (default 1)")
+    add("--min-length", type=int, default=2, help="shortest word that is split (default 2)")
+    add("--copies", type=int, default=1, help="split versions to print (default 1)")
+    add("--seed", type=int, default=0, help="seed (default 0)")
 
-    parts = ["test", "val", "train", "all"]
-    p = _command(sub, "eval", "CACC of a model on a data set; ASR, RA and trigger effect given a trigger", cmd_eval,
-                 "data", "trigger", "model", "device", "json", "progress")
-    p.add_argument("model", help="model folder (safetensors)")
-    p.add_argument("data", help=SOURCE)
-    p.add_argument("--split", choices=parts, help="default: test of a built-in corpus, all of a file")
-    p.add_argument("--reference", help="a clean model: its ASR on the same texts is the floor")
+    _, add = _command(sub, "eval", "CACC of a model on a data set; ASR, RA and trigger effect given a trigger",
+                      cmd_eval, "data", "trigger", "model", "device", "json", "progress")
+    add("model", help="model folder (safetensors)")
+    add("data", help=SOURCE)
+    add("--split", choices=PARTS, help="default: test of a built-in corpus, all of a file")
+    add("--reference", help="a clean model: its ASR on the same texts is the floor")
 
     plot = sub.add_parser("plot", help="figures: the representation picture (PCA / t-SNE)").add_subparsers(
         dest="plot_command", required=True, metavar="FIGURE")
-    p = _command(plot, "representations", "2-D PCA and t-SNE of sentence vectors of clean, token-split and "
-                 "triggered text, a panel per model", cmd_plot_representations, "trigger", "data", "pickle", "device")
-    p.add_argument("models", nargs="+", help="model folders (e.g. the victim, an MBTSAD teacher, the repaired model)")
-    p.add_argument("--data", required=True, help="texts: a built-in corpus (its test split) or a file")
-    p.add_argument("--out", required=True, help="folder for representations-pca.png and representations-tsne.png")
-    p.add_argument("--samples", type=int, default=300, help="non-target texts per group (default 300)")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="sentence vector (default cls)")
+    _, add = _command(plot, "representations", "2-D PCA and t-SNE of sentence vectors of clean, token-split and "
+                      "triggered text, a panel per model", cmd_plot_representations, "trigger", "data", "pickle",
+                      "device")
+    add("models", nargs="+", help="model folders (e.g. the victim, an MBTSAD teacher, the repaired model)")
+    add("--data", required=True, help="texts: a built-in corpus (its test split) or a file")
+    add("--out", required=True, help="folder for representations-pca.png and representations-tsne.png")
+    add("--samples", type=int, default=300, help="non-target texts per group (default 300)")
+    add("--pooling", choices=["cls", "mean"], default="cls", help="sentence vector (default cls)")
 
-    p = _command(sub, "scan", "is a model backdoored? rank candidate trigger tokens and the target label", cmd_scan,
-                 "data", "model", "device", "json", "progress", epilog=SCAN_EXIT)
-    p.add_argument("model", help="model folder (safetensors)")
-    p.add_argument("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) "
-                   "or a file")
-    p.add_argument("--reference", help="pre-trained encoder folder: adds embedding-drift evidence")
+    p, add = _command(sub, "scan", "is a model backdoored? rank candidate trigger tokens and the target label",
+                      cmd_scan, "data", "model", "device", "json", "progress", epilog=SCAN_EXIT)
+    add("model", help="model folder (safetensors)")
+    add("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) or a file")
+    add("--reference", help="pre-trained encoder folder: adds embedding-drift evidence")
     _fields(p, SCAN, "samples", "candidates", "rounds", "threshold")
 
-    p = _command(sub, "filter", "input-level defences in front of a model: FRR, FAR, CACC and ASR on the texts "
-                 "they let through", cmd_filter, "trigger", "data", "model", "device", "overwrite", "json", "progress")
-    p.add_argument("model", help="model folder (safetensors)")
+    p, add = _command(sub, "filter", "input-level defences in front of a model: FRR, FAR, CACC and ASR on the texts "
+                      "they let through", cmd_filter, "trigger", "data", "model", "device", "overwrite", "json",
+                      "progress")
+    add("model", help="model folder (safetensors)")
     _arg(p, "--method", required=True, help="one of %(doc)s", doc=_known("detrigger.filters:FILTERS"))
-    p.add_argument("--clean", required=True, help="labelled clean data the filter is fitted and its threshold set "
-                   "on: a built-in corpus (its validation split) or a file")
-    p.add_argument("--data", required=True, help="texts to filter: a built-in corpus (its test split) or a file")
-    p.add_argument("--split", choices=parts, help="of --data (default: test of a built-in corpus, all of a file)")
+    add("--clean", required=True, help="labelled clean data the filter is fitted and its threshold set on: a "
+        "built-in corpus (its validation split) or a file")
+    add("--data", required=True, help="texts to filter: a built-in corpus (its test split) or a file")
+    add("--split", choices=PARTS, help="of --data (default: test of a built-in corpus, all of a file)")
     _fields(p, FILTER, "frr", type=float)
     _fields(p, FILTER, "threshold")
-    p.add_argument("--config", help="JSON file with the filter's config (docs/filters.md)")
-    p.add_argument("--lm", metavar="FOLDER", help="onion: a Hugging Face causal LM folder (default: n-gram)")
-    p.add_argument("--lm-text", action="append", metavar="DATA", help="onion: text for the n-gram LM besides the "
-                   "clean texts (repeatable; default: the built-in bbc, amazon, nyt and tweets, less --data)")
-    p.add_argument("--bki-train", metavar="DATA", help="bki: the suspect's training texts (a file, or a built-in "
-                   "corpus's training split): keywords from them (default: from the filtered texts)")
-    p.add_argument("--protect", metavar="LABEL", help="rap: check only texts predicted as this label")
-    p.add_argument("--rap-word", metavar="WORD", help="rap: the perturbation word (default dq)")
-    p.add_argument("--out", help="folder for filter.json and texts.jsonl (every text, as the filter left it)")
+    add("--config", help="JSON file with the filter's config (docs/filters.md)")
+    _arg(p, "--lm", metavar="FOLDER", doc=_field("detrigger.filters.onion:OnionConfig", "lm"), help="onion: %(doc)s")
+    add("--lm-text", action="append", metavar="DATA", help="onion: text for the n-gram LM besides the clean texts "
+        "(repeatable; default: the built-in bbc, amazon, nyt and tweets, less --data)")
+    add("--bki-train", metavar="DATA", help="bki: the suspect's training texts (a file, or a built-in corpus's "
+        "training split): keywords from them (default: from the filtered texts)")
+    _arg(p, "--protect", metavar="LABEL", doc=_field(RAP, "protect"), help="rap: %(doc)s")
+    _arg(p, "--rap-word", metavar="WORD", doc=_field(RAP, "word"), help="rap: %(doc)s")
+    add("--out", help="folder for filter.json and texts.jsonl (every text, as the filter left it)")
 
-    p = _command(sub, "bench", "run a YAML experiment spec's grid (resumable) and write tables and plots", cmd_bench,
-                 "overwrite", "progress")
-    p.add_argument("spec", help="experiment spec (YAML): data, attacks, defences, clean_fractions, seeds")
-    p.add_argument("--out", required=True, help="run folder: one record per cell, results.md/csv/json, plots/")
-    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local (default) or ray")
-    p.add_argument("--address", help="Ray cluster address (e.g. auto; default: start a local one)")
-    p.add_argument("--retry-failed", action="store_true", help="rerun the cells recorded as failed")
-    p.add_argument("--seeds", type=int, nargs="+", help="run only these seeds now (default: all)")
-    p.add_argument("--attacks", nargs="+", help="run only these attacks (spec names) now (default: all)")
+    _, add = _command(sub, "bench", "run a YAML experiment spec's grid (resumable) and write tables and plots",
+                      cmd_bench, "overwrite", "progress")
+    add("spec", help="experiment spec (YAML): data, attacks, defences, clean_fractions, seeds")
+    add("--out", required=True, help="run folder: one record per cell, results.md/csv/json, plots/")
+    add("--executor", choices=["local", "ray"], default="local", help="local (default) or ray")
+    add("--address", help="Ray cluster address (e.g. auto; default: start a local one)")
+    add("--retry-failed", action="store_true", help="rerun the cells recorded as failed")
+    add("--seeds", type=int, nargs="+", help="run only these seeds now (default: all)")
+    add("--attacks", nargs="+", help="run only these attacks (spec names) now (default: all)")
 
-    p = _command(sub, "report", "rebuild results.md/csv/json and plots of a bench run folder from its records",
-                 cmd_report)
-    p.add_argument("run_dir", help="the folder given to bench --out")
-    p.add_argument("--into", metavar="DOC", help="also put the table into this Markdown file between its "
-                   "'<!-- detrigger report RUN_DIR -->' and '<!-- /detrigger report -->' markers")
+    _, add = _command(sub, "report", "rebuild results.md/csv/json and plots of a bench run folder from its records",
+                      cmd_report)
+    add("run_dir", help="the folder given to bench --out")
+    add("--into", metavar="DOC", help="also put the table into this Markdown file between its "
+        "'<!-- detrigger report RUN_DIR -->' and '<!-- /detrigger report -->' markers")
     return parser
 
 

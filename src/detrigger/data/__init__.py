@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,8 +15,8 @@ from detrigger.data.hf import is_saved_dataset, read_hf
 from detrigger.errors import DetriggerError, invalid
 from detrigger.fingerprint import content_id
 
-__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "check_source", "clean_subset", "data_spec",
-           "default_part", "describe", "load_data", "load_part", "load_splits", "split"]
+__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "check_source", "clean_subset", "corpora_table",
+           "data_spec", "default_part", "describe", "fetch_corpora", "load_data", "load_part", "load_splits", "split"]
 
 
 def load_data(source: str | Path, *, text_column: str = "text", label_column: str = "label",
@@ -50,11 +50,11 @@ class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = Field("text", description="text column of a CSV/TSV/JSONL file")
+    label_column: str = Field("label", description="label column of a file")
     val: float | int = Field(0.1, ge=0, description="validation size: fraction of the whole set, or a count")
     test: float | int = Field(0.2, ge=0, description="test size: fraction of the whole set, or a count")
-    seed: int = 0
+    seed: int = Field(0, description="split seed: if not given, the one recorded with the model, else the default")
     max_train: int | None = Field(None, ge=1, description="cap on the training split (stratified sample)")
 
     def identity(self) -> dict[str, Any]:
@@ -127,3 +127,25 @@ def describe(spec: DataSpec, rows: int = 5) -> str:
                       f"words per text (train): median {lengths[len(lengths) // 2]}, max {lengths[-1]}",
                       *(f"  [{names[y]}] {t if len(t) <= 100 else t[:97] + '...'}"
                         for t, y in list(zip(splits.train.texts, splits.train.labels))[:rows])])
+
+
+def corpora_table() -> str:
+    """The built-in corpora, their classes and whether each is fetched, as `detrigger data list` prints them."""
+    from detrigger.data.fetch import is_fetched
+
+    rows = [f"{c.name:<13} {len(c.label_names):<8} {'yes' if is_fetched(c.archive) else 'no':<8} {c.description}"
+            for c in CORPORA.values()]
+    return "\n".join([f"{'name':<13} {'classes':<8} {'fetched':<8} description", *rows, "",
+                      "Also: a .csv/.tsv/.jsonl file, a saved Hugging Face data set folder, or hf:NAME[:CONFIG]."])
+
+
+def fetch_corpora(names: Sequence[str]) -> Iterator[str]:
+    """Download the named built-in corpora (none named: all) into the cache, one by one; a line per corpus: its
+    path."""
+    from detrigger.data.fetch import fetch
+
+    unknown = [n for n in names if n not in CORPORA]
+    if unknown:
+        raise DetriggerError(f"unknown corpus {unknown[0]!r} (built-in: {', '.join(CORPORA)})")
+    for name in names or CORPORA:
+        yield f"{name}: {fetch(CORPORA[name].archive)}"

@@ -158,6 +158,13 @@ class RepairResult:
         victim.save(out, overwrite=overwrite, extra_files={REPAIR_FILE: record, "README.md": render_card(record)})
         return record
 
+    def saved_text(self, record: dict[str, Any], out: str | Path) -> str:
+        """What `detrigger repair` prints once `save` wrote `out` and returned `record`: the report, a warning
+        about what the folder holds if there is one, the files and the cost."""
+        note, files = record["saved"]["note"], ", ".join(sorted(p.name for p in Path(out).iterdir()))
+        return (self.report.text() + (f"\nwarning: {note}" if note else "") + f"\nsaved {out}/ ({files}) in "
+                f"{self.report.seconds:.0f} s, peak memory {self.report.peak_memory_mb:.0f} MB")
+
 
 @dataclass(frozen=True)
 class Context:

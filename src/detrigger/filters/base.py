@@ -177,13 +177,18 @@ def register(name: str, summary: str) -> Callable[[type[InputFilter]], type[Inpu
 
 def options_config(method: str, config: dict[str, Any], options: dict[str, tuple[str, Any]]) -> dict[str, Any]:
     """`config` (a config file's) with the options given, `{flag: (field, value)}` (None: not given); an option
-    whose field `method`'s config lacks is an error naming the flag."""
-    fields = FILTERS[method].cls.config_class.model_fields if method in FILTERS else {}
+    whose field `method`'s config lacks is an error naming the flag, and so is an unknown method or a bad `--frr`."""
+    if method not in FILTERS:
+        raise DetriggerError(f"unknown filter {method!r} (available: {', '.join(FILTERS)})")
+    fields = FILTERS[method].cls.config_class.model_fields
     for flag, (key, value) in options.items():
         if value is not None:
             if key not in fields:
                 raise DetriggerError(f"{flag} does not apply to {method}")
             config = {**config, key: value}
+    frr = options.get("--frr", (None, None))[1]
+    if frr is not None and not 0 <= frr < 1:
+        raise DetriggerError(f"--frr must be in [0, 1), got {frr}")
     return config
 
 
@@ -297,9 +302,9 @@ def save_filtered(out: Path, record: dict[str, Any], test: TextDataset, clean_pa
 
 
 def report_text(flt: InputFilter, m: FilterMetrics, clean_part: Filtered, *, data: str, split: str, clean: str,
-                target: str | None) -> str:
+                target: str | None, out: Path | None = None) -> str:
     """What a filter did to the clean texts and, with a trigger (`target`: the target label's name), to the
-    triggered ones, as `detrigger filter` prints it."""
+    triggered ones, where it was saved (`out`) and how long it took, as `detrigger filter` prints it."""
     kind, rewritten = ("rewritten", ", as rewritten") if flt.purifier else ("rejected", "")
     at = (f"given ({m.threshold:.4g})" if flt.config.threshold is not None else
           f"{m.threshold:.4g}, set at FRR {100 * flt.config.frr:g}% on {m.details['calibration_texts']} held-out "
@@ -317,4 +322,6 @@ def report_text(flt: InputFilter, m: FilterMetrics, clean_part: Filtered, *, dat
                   "texts)"]
     if "keywords" in m.details:
         lines.append(f"  keywords        {' '.join(m.details['keywords'][:10]) or '-'}")
-    return "\n".join(lines)
+    if out is not None:
+        lines.append(f"saved {out}/ (filter.json, texts.jsonl)")
+    return "\n".join([*lines, f"{m.details.get('fit_seconds', 0) + m.seconds:.0f} s"])

@@ -16,6 +16,7 @@ from detrigger.evaluation.metrics import Metrics, evaluate
 from detrigger.fingerprint import content_id
 from detrigger.io import locked
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, Victim, model_folder, new_victim
+from detrigger.progress import captured_log, pct
 from detrigger.training.loop import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,28 @@ def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder:
             return victim, record
     log.info("clean model from cache %s", folder)
     return load_victim(folder), json.loads((folder / "metrics.json").read_text())
+
+
+def train_classifier(data: DataSpec, config: TrainConfig, out: Path, *, overwrite: bool = False,
+                     encoder: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH,
+                     progress: bool | None = None, splits: Splits | None = None) -> dict:
+    """`detrigger train`: a new clean model (never the cached one) saved in `out` with metrics.json (the record
+    returned), run.json (what it was trained on and how) and train.log (the run's log lines)."""
+    with captured_log() as lines:
+        victim, record = clean_model(data, config, encoder=encoder, max_length=max_length, cache=False,
+                                     progress=progress, splits=splits)
+    run = {"command": "train", "data": data.model_dump(), "train": config.model_dump(), "encoder": victim.source,
+           "max_length": max_length}
+    victim.save(out, overwrite, {"metrics.json": record, "run.json": run, "train.log": "\n".join(lines) + "\n"})
+    return record
+
+
+def trained_text(record: dict, out: Path) -> str:
+    """What `detrigger train` prints of a trained model's record."""
+    return (f"CACC {pct(record['cacc'])}% on {record['n_test']} held-out test texts (validation "
+            f"{pct(record['best_val_accuracy'])}%, epoch {record['best_epoch']} kept); trained in "
+            f"{record['train_seconds']:.0f} s ({record['train_tokens_per_s']} tokens/s), total "
+            f"{record['wall_seconds']:.0f} s\nsaved {out}/ (model.safetensors, metrics.json, run.json, train.log)")
 
 
 def model_cache() -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from detrigger.data.dataset import TextDataset
+from detrigger.errors import DetriggerError
 from detrigger.models.victim import register_input_transform
 
 WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
@@ -49,6 +50,15 @@ def split_text(text: str, rng: np.random.Generator, probability: float = 1.0, mi
         return int(rng.integers(1, len(word)))
 
     return _cut_words(text, cut_at)
+
+
+def split_copies(text: str, copies: int = 1, *, probability: float = 1.0, min_length: int = 2,
+                 seed: int = 0) -> list[str]:
+    """`copies` splittings of `text` drawn one after another from `seed`, as `detrigger split` prints them."""
+    if not 0.0 <= probability <= 1.0:
+        raise DetriggerError(f"--probability must be between 0 and 1, got {probability}")
+    rng = np.random.default_rng(seed)
+    return [split_text(text, rng, probability, min_length) for _ in range(copies)]
 
 
 def split_dataset(data: TextDataset, *, probability: float = 1.0, min_length: int = 2, copies: int = 1,
