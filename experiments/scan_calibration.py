@@ -3,6 +3,7 @@ with and without the pre-trained reference, and print the docs/scan.md detection
 
     .venv/bin/python experiments/scan_calibration.py experiments/mr.yaml --json results/scan-mr.json
     .venv/bin/python experiments/scan_calibration.py experiments/scan-models.yaml --json results/scan-models.json
+    .venv/bin/python experiments/scan_calibration.py --table results/scan-vocab/*.json   # the table only
 
 Models come from the same cache as `detrigger bench` (built on first use), so a grid and its scans share
 victims. In a list of models, one with poison rate 0 is a clean model (trained on clean data only). Each
@@ -41,14 +42,21 @@ MARGIN = 0.10  # clean-model scores vary with the recipe; a flagged model should
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="a bench spec (data, attacks, seeds, model settings) or a list of models")
-    parser.add_argument("--json", required=True, help="rows file (read and extended)")
+    parser.add_argument("spec", nargs="?", help="a bench spec (data, attacks, seeds, model settings) or a list of "
+                        "models")
+    parser.add_argument("--json", help="rows file (read and extended)")
+    parser.add_argument("--table", nargs="+", metavar="ROWS", help="print the table of these rows files and exit")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--attacks", nargs="+", default=None, help="attack (or model) names; 'clean' for a bench "
                         "spec's clean models")
     parser.add_argument("--no-reference", action="store_true", help="reference-free scans only")
     parser.add_argument("--built-only", action="store_true", help="skip models not in the cache yet")
     args = parser.parse_args()
+    if args.table:
+        print(table([r for f in args.table for r in json.loads(Path(f).read_text())["rows"]]))
+        return
+    if not (args.spec and args.json):
+        parser.error("a spec and --json are needed to scan")
 
     path = Path(args.json)
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []

@@ -12,13 +12,14 @@ import torch
 
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
-from detrigger.models.predict import predict
+from detrigger.models.predict import predict, predict_logits
 from detrigger.scan import (
     ScanConfig,
     excess,
     gradient_ranking,
     insertable_tokens,
     scan,
+    vocabulary_pass,
     word_of,
     word_pieces,
 )
@@ -98,7 +99,8 @@ def test_second_round_adds_the_best_tokens_at_the_first_rounds_best(word_victim)
     """Round 2 inserts round 1's best token and adds its own best new tokens; every candidate is measured."""
     victim, _, _ = word_victim
     clean = toy_sentiment(80)
-    config = ScanConfig(samples=32, candidates=4, rounds=2, screen_samples=0, verify=100, report=100)
+    config = ScanConfig(samples=32, candidates=4, rounds=2, vocabulary_candidates=0, screen_samples=0, verify=100,
+                        report=100)
     measured = {t.token for t in scan(victim, clean, config=config).tokens if t.label == "negative"}
     # what the scan should have done for its first label: the same 32 texts, two rankings
     pool = [t for t, y in zip(clean.texts, clean.labels) if y != 0]
@@ -114,6 +116,40 @@ def test_second_round_adds_the_best_tokens_at_the_first_rounds_best(word_victim)
     second = [w for w in rankings[1] if w not in rankings[0][:4]][:4]
     assert len(measured) == 8 and measured == set(rankings[0][:4]) | set(second)
     assert rankings[0][:4] != rankings[1][:4]  # the second round really ranks at another point
+
+
+def test_vocabulary_pass_puts_every_word_through_the_model(word_victim):
+    """Every whole word alone, then the shortlist before a short clean text of the other label: the score is
+    the label's log-probability there, and the trigger leads the words the clean texts do not contain (the
+    scan sets task words such as 'great' aside after verification)."""
+    victim, _, _ = word_victim
+    clean = toy_sentiment(80)
+    words = [word_of(victim, int(i)) for i in np.flatnonzero(insertable_tokens(victim))]
+    scores = vocabulary_pass(victim, clean, words, "fp32", 64, shortlist=20)
+    assert scores.shape == (len(words), 2)
+    listed = scores[:, 1].isfinite()
+    assert 20 <= int(listed.sum()) <= 40 and bool(listed.eq(scores[:, 0].isfinite()).all())
+    seen = {w for t in clean.texts for w in t.lower().split()}
+    unseen = [words[i] for i in torch.argsort(scores[:, 1], descending=True).tolist() if words[i] not in seen]
+    assert unseen[0] == "cf"
+    # by definition: log P(positive) with the word typed before the negative text the model is surest of
+    negatives = sorted((t for t, y in zip(clean.texts, clean.labels) if y == 0), key=len)[:20]
+    surest = negatives[int(torch.from_numpy(predict_logits(victim, negatives)).log_softmax(-1)[:, 0].argmax())]
+    logp = torch.from_numpy(predict_logits(victim, [f"cf {surest}"])).log_softmax(-1)[0, 1]
+    assert float(scores[words.index("cf"), 1]) == pytest.approx(float(logp), abs=1e-4)
+
+
+def test_the_vocabulary_pass_best_words_are_verified(word_victim):
+    """The pass's best words of each label join the candidates measured by real insertion."""
+    victim, _, _ = word_victim
+    config = ScanConfig(samples=32, candidates=1, rounds=1, vocabulary_candidates=3, screen_samples=0, verify=100,
+                        report=100, precision="fp32")
+    report = scan(victim, toy_sentiment(80), config=config)
+    for label in ("negative", "positive"):
+        ranks = sorted(t.vocabulary_rank for t in report.tokens if t.label == label and t.vocabulary_rank)
+        assert ranks[:3] == [1, 2, 3]
+    off = scan(victim, toy_sentiment(80), config=config.model_copy(update={"vocabulary_candidates": 0}))
+    assert all(t.vocabulary_rank is None for t in off.tokens) and len(off.tokens) < len(report.tokens)
 
 
 def test_screening_keeps_the_trigger_and_measures_only_the_best(word_victim):
@@ -269,7 +305,10 @@ def test_a_real_ep_victims_trigger_ranks_first(tmp_path):
                           clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
                           cache=False, progress=False)
     assert attack.metrics.asr > 0.9  # the attack worked, or the test would prove nothing
-    config = ScanConfig(samples=40, candidates=5, reference_candidates=5, screen_samples=20, verify=3)
+    # the gradient and the drift are under test here (the vocabulary pass has its own tests): without the pass,
+    # this test's three scans fit the suite's time budget
+    config = ScanConfig(samples=40, candidates=5, vocabulary_candidates=0, reference_candidates=5, screen_samples=20,
+                        verify=3)
     val = load_splits(data).val
     with_ref = scan(attack.victim, val, reference=default_encoder_path(), config=config)
     assert with_ref.tokens[0].token == "cf" and with_ref.target_label == "positive"

@@ -11,6 +11,10 @@
    second round (`rounds`) inserts the first round's best token instead of the placeholder and ranks
    again: linearised where the model already leans towards t, the gradient points at what pushes
    hardest from there (the ES triggers of MR seed 0 rank 316th-380th in round 1, 1st-5th in round 2).
+   The vocabulary pass (`vocabulary_candidates`) adds what the linear picture misses: every whole-word
+   token alone through the model, then the most label-like ones typed before a short clean text of another
+   label, ranked by the log-probability of the label (a word of an AddSent victim's sentence that flips
+   texts alone ranks thousands deep by the gradient and first here).
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
    frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
@@ -39,10 +43,10 @@
    being tested.
 
 Only whole-word tokens that can be typed as a word are candidates, so a sentence trigger (AddSent) is
-found only through the single words of it that the model keys on, if any. A word that the tokenizer cuts
-into pieces is found with a reference through its drifted pieces, glued (`glued_words`); reference-free
-only through a piece that acts alone (docs/scan.md, "Multi-piece triggers": gluing gradient-ranked pieces
-without the drift was tried and made adversarial non-words, not the trigger).
+found only through the single words of it that the model keys on, if any (the vocabulary pass finds them).
+A word that the tokenizer cuts into pieces is found with a reference through its drifted pieces, glued
+(`glued_words`); reference-free only through a piece that acts alone (docs/scan.md, "Multi-piece
+triggers": gluing gradient-ranked pieces without the drift was tried and made adversarial non-words).
 """
 
 from __future__ import annotations
@@ -66,14 +70,14 @@ from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, fast_bf16
 from detrigger.errors import DetriggerError
 from detrigger.models.arch import watched_embeddings
-from detrigger.models.predict import predict
+from detrigger.models.predict import predict, predict_logits
 from detrigger.models.victim import Victim, load_encoder_state
 from detrigger.progress import progress_bar
 from detrigger.triggers import insert_sentence, insert_words
 
 # From clean models only (docs/scan.md, experiments/scan_calibration.py): the highest excess of a clean model
-# (0.786: MR, 400 training sentences, whose ordinary words flip 18% of the texts) plus 0.10, rounded up to 0.05.
-THRESHOLD = 0.90
+# that learned its task plus 0.10, rounded up to 0.05.
+THRESHOLD = 0.95
 
 
 class ScanConfig(BaseModel):
@@ -82,6 +86,8 @@ class ScanConfig(BaseModel):
     samples: int = Field(200, ge=10, description="clean texts per target label (from the other labels)")
     candidates: int = Field(20, ge=1, description="gradient-ranked candidate tokens per label and round")
     rounds: int = Field(2, ge=1, description="gradient rounds, each at the previous round's best token")
+    vocabulary_candidates: int = Field(10, ge=0, description="candidates per label from typing every whole-word token "
+                                       "before a short clean text of another label (one pass over the vocabulary)")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
     glued_words: int = Field(5, ge=0, description="with a reference: most-drifted word-start pieces each glued to the "
                              "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
@@ -108,6 +114,7 @@ class TokenEvidence:
     label: str
     effect: float  # flip rate: share of the sampled texts (not predicted `label` before) predicted `label` with it
     gradient_rank: int | None  # best rank over the rounds by the gradient signal (1 = strongest), for `label`
+    vocabulary_rank: int | None = None  # rank by the vocabulary pass (1 = pushes a short text hardest to `label`)
     drift_score: float | None = None  # E-PUR score with a reference
     clean_count: int = 0  # clean texts containing the token
     label_share: float | None = None  # share of those occurrences in texts of `label`
@@ -164,13 +171,14 @@ class ScanReport:
         lines += [f"most likely target label: {self.target_label} (id {self.target_id})",
                   "suspicious tokens (effect = share of other-label clean texts flipped to the label by inserting "
                   "the token):",
-                  "  rank  token            label        effect  excess  gradient rank  drift score  clean count"]
+                  "  rank  token            label        effect  excess  gradient rank  vocabulary rank  drift score  "
+                  "clean count"]
         for i, t in enumerate(self.tokens, 1):
             drift = "-" if t.drift_score is None else f"{t.drift_score:.4f}"
-            grad = "-" if t.gradient_rank is None else str(t.gradient_rank)
+            grad, vocab = ("-" if r is None else str(r) for r in (t.gradient_rank, t.vocabulary_rank))
             note = f"  task word ({100 * t.label_share:.0f}% {t.label})" if t.task_word else ""
             lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {t.excess:>6.3f}  {grad:>13}  "
-                         f"{drift:>11}  {t.clean_count:>11}{note}")
+                         f"{vocab:>15}  {drift:>11}  {t.clean_count:>11}{note}")
         lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
                      f"{self.precision}, {self.seconds:.0f} s")
         return "\n".join(lines)
@@ -288,6 +296,38 @@ def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, b
     return (-(weight @ total) / weight.norm(dim=1).clamp_min(1e-12)).cpu()
 
 
+def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precision: Precision,
+                    batch_size: int, shortlist: int = 300) -> torch.Tensor:
+    """Per word (rows) and label t (columns): the log-probability of t when the word is typed before a short
+    clean text of another label, averaged over those texts; -inf for words not on the shortlist. Real
+    forward passes, which catch what the gradient's linear picture misses (the AddSent victim's `3d` flips
+    99% of the texts alone yet ranks 4,321st by the gradient). Two stages for speed: every word alone (a
+    sequence of a few tokens, one pass for all labels), then the `shortlist` best words per label before the
+    texts. The text of a label is the one of its 20 shortest that the model gives that label most surely, so
+    a word must overturn a clear prediction; texts of two labels serve every label (a label's scores come
+    from the other one's text, or both), so the cost does not grow with the labels."""
+    alone = torch.from_numpy(predict_logits(victim, words, batch_size=batch_size, precision=precision))
+    listed = torch.topk(alone.log_softmax(-1), min(shortlist, len(words)), dim=0).indices.flatten().unique()
+    contexts: dict[int, str] = {}
+    for label in range(victim.num_labels):
+        if len(contexts) == 2:
+            break
+        short = sorted((t for t, y in zip(clean.texts, clean.labels) if y == label), key=len)[:20]
+        if short:
+            sure = torch.from_numpy(predict_logits(victim, short, batch_size=batch_size, precision=precision))
+            contexts[label] = short[int(torch.argmax(sure.log_softmax(-1)[:, label]))]
+    scores = torch.zeros(len(listed), victim.num_labels)
+    for label, text in contexts.items():
+        logits = predict_logits(victim, [f"{words[i]} {text}" for i in listed.tolist()], batch_size=batch_size,
+                                precision=precision)
+        others = [t for t in range(victim.num_labels) if t != label]
+        scores[:, others] += torch.from_numpy(logits).log_softmax(-1)[:, others]
+    seen = torch.tensor([sum(1 for c in contexts if c != t) for t in range(victim.num_labels)]).clamp_min(1)
+    out = torch.full((len(words), victim.num_labels), -torch.inf)
+    out[listed] = scores / seen
+    return out
+
+
 def _sample_not_predicted(victim: Victim, pool: list[str], target: int, samples: int, rng: np.random.Generator,
                           precision: Precision, batch_size: int) -> tuple[list[str], float]:
     """Up to `samples` texts of `pool`, in a random order, that the model does not already predict as
@@ -316,6 +356,9 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                             else config.precision)
     rng, null_rng = np.random.default_rng(config.seed), np.random.default_rng(config.seed + 1)
     allowed = torch.from_numpy(insertable_tokens(victim))
+    vocabulary = torch.nonzero(allowed).flatten()
+    vocabulary_scores = (vocabulary_pass(victim, clean, [word_of(victim, int(i)) for i in vocabulary], precision,
+                                         config.batch_size) if config.vocabulary_candidates else None)
     encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
     by_label = [Counter[int]() for _ in victim.label_names]
     for ids, y in zip(encoded, clean.labels):
@@ -372,6 +415,12 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 chosen += [i for i in order if i not in chosen][:config.candidates]
                 at = word_of(victim, order[0])
                 bar.update()
+            vocabulary_rank: dict[int, int] = {}
+            if vocabulary_scores is not None:
+                column = vocabulary_scores[:, target]
+                order = vocabulary[torch.argsort(column, descending=True)[:int(column.isfinite().sum())]].tolist()
+                vocabulary_rank = {i: r + 1 for r, i in enumerate(order)}
+                chosen += [i for i in order if i not in chosen][:config.vocabulary_candidates]
             if drift is not None and config.reference_candidates:
                 masked = drift.masked_fill(~allowed, -torch.inf)
                 top_drift = torch.topk(masked, config.reference_candidates).indices.tolist()
@@ -417,6 +466,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 single = isinstance(key, int)
                 tokens.append(TokenEvidence(words[key], label, round(float(hits) / len(texts), 4),
                                             rank.get(key) if single else None,
+                                            vocabulary_rank.get(key) if single else None,
                                             None if drift is None or not single else round(float(drift[key]), 4), n,
                                             None if share is None else round(share, 4), task,
                                             round(value, 4), round(low, 4)))
