@@ -86,8 +86,9 @@ class ScanConfig(BaseModel):
     samples: int = Field(200, ge=10, description="clean texts per target label (from the other labels)")
     candidates: int = Field(20, ge=1, description="gradient-ranked candidate tokens per label and round")
     rounds: int = Field(2, ge=1, description="gradient rounds, each at the previous round's best token")
-    vocabulary_candidates: int = Field(10, ge=0, description="candidates per label from typing every whole-word token "
-                                       "before a short clean text of another label (one pass over the vocabulary)")
+    vocabulary_candidates: int = Field(10, ge=0, description="candidates per label from the vocabulary pass: every "
+                                       "whole-word token through the model alone, the most label-like ones then "
+                                       "typed before a short clean text of another label")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
     glued_words: int = Field(5, ge=0, description="with a reference: most-drifted word-start pieces each glued to the "
                              "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
@@ -184,17 +185,24 @@ class ScanReport:
         return "\n".join(lines)
 
 
-def insertable_tokens(victim: Victim) -> np.ndarray:
-    """Mask over the vocabulary: tokens that are a whole word a user could type (no specials, no ##pieces)."""
+def typed_words(victim: Victim) -> list[str | None]:
+    """Per vocabulary id: the word a user types for the token if it is a whole word that can be typed alone
+    (no specials, no ##pieces, alphanumeric, one token again when typed), else None."""
     tok = victim.tokenizer
     special = set(tok.all_special_ids)
-    mask = np.zeros(len(tok), dtype=bool)
+    words: list[str | None] = [None] * len(tok)
     for i, piece in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
         if i in special or piece is None or piece.startswith("##"):
             continue
         word = typed(tok, piece)
-        mask[i] = word.isalnum() and len(tok.tokenize(word)) == 1
-    return mask
+        if word.isalnum() and len(tok.tokenize(word)) == 1:
+            words[i] = word
+    return words
+
+
+def insertable_tokens(victim: Victim) -> np.ndarray:
+    """Mask over the vocabulary: tokens that are a whole word a user could type (`typed_words`)."""
+    return np.array([w is not None for w in typed_words(victim)])
 
 
 def typed(tokenizer, piece: str) -> str:
@@ -299,9 +307,9 @@ def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, b
 def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precision: Precision,
                     batch_size: int, shortlist: int = 300) -> torch.Tensor:
     """Per word (rows) and label t (columns): the log-probability of t when the word is typed before a short
-    clean text of another label, averaged over those texts; -inf for words not on the shortlist. Real
-    forward passes, which catch what the gradient's linear picture misses (the AddSent victim's `3d` flips
-    99% of the texts alone yet ranks 4,321st by the gradient). Two stages for speed: every word alone (a
+    clean text of another label, averaged over those texts; -inf for words not on the shortlist (and for a
+    label with no other label's text). Real forward passes, which catch what the gradient's linear picture
+    misses (docs/scan.md, "Candidates from the whole vocabulary"). Two stages for speed: every word alone (a
     sequence of a few tokens, one pass for all labels), then the `shortlist` best words per label before the
     texts. The text of a label is the one of its 20 shortest that the model gives that label most surely, so
     a word must overturn a clear prediction; texts of two labels serve every label (a label's scores come
@@ -322,9 +330,9 @@ def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precis
                                 precision=precision)
         others = [t for t in range(victim.num_labels) if t != label]
         scores[:, others] += torch.from_numpy(logits).log_softmax(-1)[:, others]
-    seen = torch.tensor([sum(1 for c in contexts if c != t) for t in range(victim.num_labels)]).clamp_min(1)
+    seen = torch.tensor([sum(1 for c in contexts if c != t) for t in range(victim.num_labels)])
     out = torch.full((len(words), victim.num_labels), -torch.inf)
-    out[listed] = scores / seen
+    out[listed] = torch.where(seen > 0, scores / seen.clamp_min(1), -torch.inf)
     return out
 
 
@@ -355,9 +363,10 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     precision: Precision = (("bf16" if fast_bf16(victim.device) else "fp32") if config.precision == "auto"
                             else config.precision)
     rng, null_rng = np.random.default_rng(config.seed), np.random.default_rng(config.seed + 1)
-    allowed = torch.from_numpy(insertable_tokens(victim))
+    typeable = typed_words(victim)
+    allowed = torch.tensor([w is not None for w in typeable])
     vocabulary = torch.nonzero(allowed).flatten()
-    vocabulary_scores = (vocabulary_pass(victim, clean, [word_of(victim, int(i)) for i in vocabulary], precision,
+    vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()], precision,
                                          config.batch_size) if config.vocabulary_candidates else None)
     encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
     by_label = [Counter[int]() for _ in victim.label_names]
