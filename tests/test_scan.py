@@ -17,10 +17,9 @@ from detrigger.scan import (
     ScanConfig,
     excess,
     gradient_ranking,
-    insertable_tokens,
     scan,
+    typed_words,
     vocabulary_pass,
-    word_of,
     word_pieces,
 )
 from detrigger.training import train
@@ -107,12 +106,13 @@ def test_second_round_adds_the_best_tokens_at_the_first_rounds_best(word_victim)
     pool = [t for t, y in zip(clean.texts, clean.labels) if y != 0]
     pool = [t for t, p in zip(pool, predict(victim, pool)) if p != 0]
     texts = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[:32]]
-    allowed = torch.from_numpy(insertable_tokens(victim))
+    typed = typed_words(victim)
+    allowed = torch.tensor([w is not None for w in typed])
     rankings, at = [], None
     for _ in range(2):
         signal = gradient_ranking(victim, texts, target=0, seed=0, batch_size=config.batch_size, at=at)
         signal[~allowed] = -torch.inf
-        rankings.append([word_of(victim, i) for i in torch.argsort(signal, descending=True)[:50].tolist()])
+        rankings.append([typed[i] for i in torch.argsort(signal, descending=True)[:50].tolist()])
         at = rankings[-1][0]
     second = [w for w in rankings[1] if w not in rankings[0][:4]][:4]
     assert len(measured) == 8 and measured == set(rankings[0][:4]) | set(second)
@@ -125,7 +125,7 @@ def test_vocabulary_pass_puts_every_word_through_the_model(word_victim):
     scan sets task words such as 'great' aside after verification)."""
     victim, _, _ = word_victim
     clean = toy_sentiment(80)
-    words = [word_of(victim, int(i)) for i in np.flatnonzero(insertable_tokens(victim))]
+    words = [w for w in typed_words(victim) if w is not None]
     scores = vocabulary_pass(victim, clean, words, "fp32", 64, shortlist=20)
     assert scores.shape == (len(words), 2)
     listed = scores[:, 1].isfinite()
@@ -228,11 +228,11 @@ def test_drifted_pieces_are_glued_into_word_candidates(word_victim):
     assert {t.token for t in report.tokens} >= {"mar", "marmal"}  # the start piece is a whole word too
 
 
-def test_insertable_tokens_are_whole_typeable_words():
+def test_typed_words_are_whole_typeable_words():
     victim = tiny_victim()
-    mask = insertable_tokens(victim)
-    vocab = victim.tokenizer.convert_ids_to_tokens(list(range(len(mask))))
-    allowed = {vocab[i] for i in mask.nonzero()[0]}
+    typed = typed_words(victim)
+    vocab = victim.tokenizer.convert_ids_to_tokens(list(range(len(typed))))
+    allowed = {vocab[i] for i, w in enumerate(typed) if w is not None}
     assert {"cf", "film", "the"} <= allowed
     assert not allowed & {"[CLS]", "[MASK]", "[PAD]", "##s", ",", "."}
 

@@ -200,19 +200,9 @@ def typed_words(victim: Victim) -> list[str | None]:
     return words
 
 
-def insertable_tokens(victim: Victim) -> np.ndarray:
-    """Mask over the vocabulary: tokens that are a whole word a user could type (`typed_words`)."""
-    return np.array([w is not None for w in typed_words(victim)])
-
-
 def typed(tokenizer, piece: str) -> str:
     """How a user types a whole-word token piece (e.g. a byte-level 'Ġcf' -> 'cf')."""
     return tokenizer.convert_tokens_to_string([piece]).strip()
-
-
-def word_of(victim: Victim, token_id: int) -> str:
-    """The typed word of a whole-word token."""
-    return typed(victim.tokenizer, victim.tokenizer.convert_ids_to_tokens(token_id))
 
 
 def word_pieces(victim: Victim) -> tuple[np.ndarray, np.ndarray]:
@@ -422,7 +412,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 for r, i in enumerate(order):
                     rank[i] = min(rank.get(i, r + 1), r + 1)
                 chosen += [i for i in order if i not in chosen][:config.candidates]
-                at = word_of(victim, order[0])
+                at = typeable[order[0]]
                 bar.update()
             vocabulary_rank: dict[int, int] = {}
             if vocabulary_scores is not None:
@@ -434,12 +424,12 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 masked = drift.masked_fill(~allowed, -torch.inf)
                 top_drift = torch.topk(masked, config.reference_candidates).indices.tolist()
                 chosen += [i for i in top_drift if i not in chosen]
-            words: dict[int | str, str] = {i: word_of(victim, i) for i in chosen}
+            words: dict[int | str, str] = {i: typeable[i] for i in chosen}
             if drift is not None:
                 words.update((w, w) for w in glued_words(victim, texts, target, drift, pieces, config, precision)
                              if w not in words.values())
             drawn = (ordinary[i] for i in null_rng.permutation(len(ordinary)) if ordinary[i] not in words)
-            null_words = [word_of(victim, i) for i in itertools.islice(drawn, config.null_words)]
+            null_words = [typeable[i] for i in itertools.islice(drawn, config.null_words)]
 
             def flips(batch: list[str], sample: list[str], target: int = target) -> np.ndarray:
                 """Per word: how many texts of `sample` it flips to `target` (one batched pass)."""
