@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.errors import DetriggerError
 
@@ -140,17 +141,29 @@ def substitute_homoglyphs(homoglyphs: dict[str, str], times: int = 1, seed: int 
     return trigger
 
 
-def trigger_from_options(words: Sequence[str] | None = None, sentence: str | None = None, *, times: int = 1,
-                         seed: int = 0) -> Trigger | None:
-    """The evaluation trigger a user names: trigger words (one drawn per insertion) or a sentence; None for
-    neither. Bad options are one DetriggerError."""
-    if words and sentence:
-        raise DetriggerError("give --trigger-word or --trigger-sentence, not both")
-    try:
-        if words:
-            return insert_words(words, times=times, seed=seed)
-        if sentence:
-            return insert_sentence(sentence, seed=seed)
-    except ValueError as exc:
-        raise DetriggerError(str(exc)) from None
-    return None
+class TriggerOptions(BaseModel):
+    """The evaluation trigger a user names (never a defence's): trigger words (one drawn per insertion) or a
+    sentence, and its target; neither named: the model's attack card's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trigger_word: list[str] | None = Field(None, title="WORD", description="insert this trigger word (repeatable: "
+                                           "one is drawn per insertion; default: the trigger of the model's "
+                                           "attack.json card)")
+    trigger_sentence: str | None = Field(None, description="insert this trigger sentence")
+    times: int = Field(1, description="trigger words inserted per text")
+    trigger_seed: int = Field(0, description="seed of the insertion positions")
+    target: str = Field("1", description="target label, name or id (the card's when no trigger is named)")
+
+    def trigger(self) -> Trigger | None:
+        """The trigger named, None for none; bad options are one DetriggerError."""
+        if self.trigger_word and self.trigger_sentence:
+            raise DetriggerError("give --trigger-word or --trigger-sentence, not both")
+        try:
+            if self.trigger_word:
+                return insert_words(self.trigger_word, times=self.times, seed=self.trigger_seed)
+            if self.trigger_sentence:
+                return insert_sentence(self.trigger_sentence, seed=self.trigger_seed)
+        except ValueError as exc:
+            raise DetriggerError(str(exc)) from None
+        return None

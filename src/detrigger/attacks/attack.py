@@ -51,12 +51,12 @@ from detrigger.training.loop import TrainConfig, train
 from detrigger.training.recipe import cache_folder, clean_model, encoder_id
 from detrigger.triggers import (
     Trigger,
+    TriggerOptions,
     insert_all,
     insert_sentence,
     insert_words,
     replace_spaces,
     substitute_homoglyphs,
-    trigger_from_options,
 )
 
 log = logging.getLogger(__name__)
@@ -235,15 +235,14 @@ def card_trigger(model: str | Path) -> tuple[Trigger, int] | tuple[None, None]:
         raise DetriggerError(f"{path}: not a valid attack card ({exc})".splitlines()[0]) from None
 
 
-def evaluation_trigger(model: str | Path, label_names: Sequence[str], *, words: Sequence[str] | None = None,
-                       sentence: str | None = None, times: int = 1, seed: int = 0,
-                       target: str = "1") -> tuple[Trigger, int] | tuple[None, None]:
-    """Evaluation only, never a defence: the trigger given (words or a sentence) and its `target` (a label name
-    or id), else the trigger and target of the model's (or its victim's) attack card; (None, None) with neither."""
-    trigger = trigger_from_options(words, sentence, times=times, seed=seed)
+def evaluation_trigger(model: str | Path, label_names: Sequence[str],
+                       options: TriggerOptions) -> tuple[Trigger, int] | tuple[None, None]:
+    """Evaluation only, never a defence: the trigger the options name and their target (a label name or id), else
+    the trigger and target of the model's (or its victim's) attack card; (None, None) with neither."""
+    trigger = options.trigger()
     if trigger is None:
         return card_trigger(model)
-    names = list(label_names)
+    names, target = list(label_names), options.target
     label = names.index(target) if target in names else int(target) if target.isdigit() else -1
     if not 0 <= label < len(names):
         raise DetriggerError(f"--target {target!r} is not a label of the model [{', '.join(names)}]")
@@ -262,6 +261,23 @@ def attack_spec(given: dict[str, Any], training: dict[str, Any]) -> AttackSpec:
         return AttackSpec(**fields)
     except ValueError as exc:
         raise DetriggerError(invalid(exc)) from None
+
+
+class BuildOptions(BaseModel):
+    """How `build_victim` gets the clean reference model it measures the victim against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clean_epochs: int = Field(2, description="epochs of the clean reference model")
+    clean_lr: float = Field(5e-5, description="learning rate of the clean model")
+    no_cache: bool = Field(False, description="retrain the clean reference model")
+
+    def clean_config(self, seed: int, device: str | None = None) -> TrainConfig:
+        """The clean model's recipe; one DetriggerError naming a bad field."""
+        try:
+            return TrainConfig(epochs=self.clean_epochs, lr=self.clean_lr, seed=seed, device=device)
+        except ValueError as exc:
+            raise DetriggerError(invalid(exc)) from None
 
 
 # Builds a victim: (spec, splits, clean model, trigger, a fresh classifier on the encoder, progress) -> the
@@ -395,6 +411,17 @@ class AttackResult:
         lines += [f"  warning: trigger {t['trigger']!r} is not a stable token sequence for this tokenizer"
                   for t in card["tokenizer_check"] if not t["stable"]]
         return "\n".join(lines)
+
+    def save(self, out: str | Path, overwrite: bool = False) -> str:
+        """Save the victim with its card into `out`; returns what `detrigger attack` prints."""
+        self.victim.save(out, overwrite, {CARD_FILE: self.card})
+        lora = self.card["attack"].get("lora_rank")
+        weights = "adapter_model.safetensors: a LoRA adapter" if lora else "model.safetensors"
+        return f"{self.text()}\nsaved {out}/ ({weights}, {CARD_FILE}) in {self.card['wall_seconds']:.0f} s"
+
+    def record(self) -> dict[str, Any]:
+        """The card with the target label's name, as `detrigger attack --json` prints it."""
+        return {**self.card, "target_label": self.victim.label_names[self.card["attack"]["target"]]}
 
 
 def build_victim(data: DataSpec, spec: AttackSpec, *, clean_config: TrainConfig = TrainConfig(epochs=2, lr=5e-5),

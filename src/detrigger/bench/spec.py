@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,6 +146,17 @@ class BenchSpec(_Strict):
                                  clean_fraction=f) for d in self.defences for f in self.clean_fractions
                             if d.seeds is None or seed in d.seeds]
         return out
+
+
+class RunOptions(_Strict):
+    """How `run_bench` runs a spec's grid now: where, and which part of it."""
+
+    executor: Literal["local", "ray"] = Field("local", description="local: cells in order in this process; ray: a "
+                                              "Ray task per cell")
+    address: str | None = Field(None, description="Ray cluster address (e.g. auto; default: start a local one)")
+    retry_failed: bool = Field(False, description="rerun the cells recorded as failed")
+    seeds: tuple[int, ...] | None = Field(None, description="run only these seeds now (default: all)")
+    attacks: tuple[str, ...] | None = Field(None, description="run only these attacks (spec names) now (default: all)")
 
 
 @dataclass(frozen=True)

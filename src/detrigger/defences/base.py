@@ -23,6 +23,7 @@ from detrigger.cost import measure
 from detrigger.data import clean_subset, default_part, load_part
 from detrigger.data.dataset import Splits, TextDataset, split
 from detrigger.errors import DetriggerError, invalid
+from detrigger.io import read_config
 from detrigger.models.predict import accuracy_on
 from detrigger.models.victim import REPAIR_FILE, Victim, default_encoder_path
 from detrigger.progress import pct
@@ -288,15 +289,52 @@ def options_config(method: str, given: dict[str, Any], options: dict[str, Any],
     return config if len(steps) > 1 else config.get(steps[0], {})
 
 
-def defender_clean(source: str, victim: Victim, *, fraction: float | None = None, count: int | None = None,
-                   **data_options: Any) -> tuple[TextDataset, int]:
+class CleanOptions(BaseModel):
+    """The defender's clean data (`defender_clean`): a source, and how much of its pool to use."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clean: str = Field(description="clean data: a built-in corpus (its training split) or a file")
+    clean_fraction: float | None = Field(None, description="share of the clean data to use (default: all of it)")
+    clean_count: int | None = Field(None, description="number of clean texts to use")
+
+
+def defender_clean(options: CleanOptions, victim: Victim, **data_options: Any) -> tuple[TextDataset, int]:
     """The defender's clean subset and the size of the pool it is drawn from: a built-in corpus's training
     split as the victim was built from it (never its test split), else all of the data; all of the pool, a
-    `fraction` or a `count` of it, drawn with the data options' `seed` (default 0)."""
+    fraction or a count of it, drawn with the data options' `seed` (default 0)."""
+    fraction, count = options.clean_fraction, options.clean_count
     if fraction is not None and count is not None:
         raise DetriggerError("give one of --clean-fraction and --clean-count, not both")
-    pool = load_part(source, default_part(source, "train"), label_names=victim.label_names,
+    pool = load_part(options.clean, default_part(options.clean, "train"), label_names=victim.label_names,
                      recorded=victim.info.get("data"), **data_options)
     whole = fraction is None and count is None
     subset = clean_subset(pool, fraction=1.0 if whole else fraction, count=count, seed=data_options.get("seed") or 0)
     return subset, len(pool)
+
+
+class RepairOptions(CleanOptions):
+    """What `detrigger repair` is given besides the suspect and the steps' config fields."""
+
+    method: str = Field("auto", description="a registered defence, or a pipeline joined by + (epur+finemixing)")
+    reference: str | None = Field(None, description="the suspect's pre-trained base model folder or hub id, same "
+                                  "family and vocabulary (default: a LoRA adapter's base, else the embedded MiniLM-L6)")
+    out: str = Field(description="output folder (model, repair.json, README.md model card)")
+    config: str | None = Field(None, description="JSON file with the defence config (keyed by step for pipelines)")
+    ship_purifier: bool = Field(False, description="save an input purifier (MBTSAD's; it lists your clean-data "
+                                "vocabulary) with the model: the folder then behaves as repaired only through "
+                                "detrigger (default: the weights alone; repair.json and README.md say what they "
+                                "measure)")
+
+    def step_config(self, options: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+        """The config file's step configs with `options` and `train` overrides (`options_config`)."""
+        return options_config(self.method, read_config(self.config), options, train)
+
+    def clean_text(self, clean: TextDataset, pool: int, victim: Victim) -> str:
+        """What `detrigger repair` says before it starts: the clean subset's size and share, and that a LoRA
+        suspect is repaired merged."""
+        lines = [f"{self.method}: {len(clean)} clean texts ({100 * len(clean) / pool:.1f}% of {pool} in {self.clean})"]
+        if "adapter" in victim.info:
+            lines.append(f"LoRA adapter merged into its base {victim.info['adapter']['base']} (also the reference "
+                         "unless --reference); the repaired model is saved merged, as a plain model folder")
+        return "\n".join(lines)

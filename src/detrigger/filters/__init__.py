@@ -9,6 +9,8 @@ from detrigger.filters import onion  # noqa: F401
 from detrigger.filters.base import (FILTERS, FilterConfig, Filtered, FilterMetrics, InputFilter, evaluate_filter,
                                     make_filter, options_config, report_text, save_filtered, threshold_at)
 from detrigger.filters.lm import CausalLM, NgramLM
+from detrigger.filters.run import FilterOptions, run_filter
 
-__all__ = ["FILTERS", "CausalLM", "FilterConfig", "FilterMetrics", "Filtered", "InputFilter", "NgramLM",
-           "evaluate_filter", "make_filter", "options_config", "report_text", "save_filtered", "threshold_at"]
+__all__ = ["FILTERS", "CausalLM", "FilterConfig", "FilterMetrics", "FilterOptions", "Filtered", "InputFilter",
+           "NgramLM", "evaluate_filter", "make_filter", "options_config", "report_text", "run_filter", "save_filtered",
+           "threshold_at"]
