@@ -138,19 +138,3 @@ def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_abov
     details = result.report.details["auto"]
     assert [r["unlearned"] for r in details.rounds] == [["cf"], ["mn"]]
     assert details.set_aside == [] and details.scan_after["verdict"] == "no evidence"
-
-
-@pytest.mark.parametrize("context_words", [0, 5])
-def test_unlearning_copies_carry_a_candidate_among_clean_words_and_keep_their_true_labels(context_words):
-    """The copies `auto` unlearns on: every text of the other label once, the candidate inserted alone (0) or
-    among up to `context_words` words of another clean text (a sentence trigger's other words), label kept."""
-    from detrigger.defences.auto import _with_candidates
-
-    data = toy_sentiment(60)
-    out = _with_candidates(data, {"cf": 1}, 1.0, seed=0, context_words=context_words)
-    negatives = [t for t, y in zip(data.texts, data.labels) if y == 0]
-    copies = out.texts[len(data):]
-    assert out.labels[len(data):] == (0,) * len(negatives) and len(copies) == len(negatives)
-    assert all("cf" in c.split() for c in copies)
-    added = [len(c.split()) - len(t.split()) for c, t in zip(copies, negatives)]
-    assert set(added) == {1} if context_words == 0 else (max(added) <= 1 + context_words and len(set(added)) > 2)

@@ -12,11 +12,7 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    towards: "awful" flips texts because that is the task).
 3. Repair, weights only: reset the candidates' embedding rows to the reference (where the attack wrote
    them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts of the
-   other labels with a candidate inserted and their TRUE labels kept ("cf" must not mean positive). Each
-   candidate is inserted among up to `context_words` consecutive words of another clean text: a sentence
-   trigger's other words ("I watched this ... movie" around the `3d` the scan finds) keep part of the
-   backdoor when the found word is unlearned alone, and unlearning it in sentence-shaped context removes
-   that too (docs/defences.md, "auto").
+   other labels with a candidate inserted and their TRUE labels kept ("cf" must not mean positive).
    Every epoch is kept (no best-epoch choice: held-out accuracy kept the first epoch, before the unlearning
    had taken); the held-out accuracy, with and without the candidates inserted, is reported.
 4. Re-scan on the held-out part (texts the unlearning never trained on); while it still flags the model, add
@@ -37,7 +33,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -67,8 +62,6 @@ class AutoConfig(DefenceConfig):
                               "token of a flagged model is unlearned")
     copies: float = Field(1.0, gt=0, le=1,
                           description="share of the other labels' training texts copied with a candidate")
-    context_words: int = Field(5, ge=0, description="an inserted candidate sits among up to this many consecutive "
-                               "words of another clean text (0: alone)")
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
     mix_rho: float | None = Field(None, gt=0, le=1,
                                   description="when flagged, Fine-mix with the reference at this rho before unlearning")
@@ -128,25 +121,17 @@ class _CleanCounts:
         return n >= self.min_count and self.by_label[label].get(token_id, 0) / n >= self.share
 
 
-def _with_candidates(data: TextDataset, candidates: dict[str, int], share: float, seed: int,
-                     context_words: int) -> TextDataset:
+def _with_candidates(data: TextDataset, candidates: dict[str, int], share: float, seed: int) -> TextDataset:
     """`data` plus copies of its texts of other labels than a candidate's, with one of that label's
-    candidates, in turn, inserted at a random word boundary, among 0 to `context_words` consecutive words of a
-    random text of `data` (the candidate at a random place among them), and the true label kept."""
+    candidates, in turn, inserted at a random word boundary and the true label kept."""
     texts, labels = list(data.texts), list(data.labels)
-    rng = np.random.default_rng(seed)
-    sources = [t.split() for t in data.texts]
+    generator = torch.Generator().manual_seed(seed)
     for label in sorted(set(candidates.values())):
-        words = [w for w, t in candidates.items() if t == label]
+        inserts = [insert_sentence(w, seed=seed) for w, t in candidates.items() if t == label]
         others = [i for i, y in enumerate(data.labels) if y != label]
-        keep = rng.permutation(len(others))[:max(1, round(share * len(others)))]
+        keep = torch.randperm(len(others), generator=generator)[:max(1, round(share * len(others)))].tolist()
         for k, i in enumerate(sorted(others[k] for k in keep)):
-            source = sources[rng.integers(len(sources))]
-            n = int(rng.integers(context_words + 1))
-            at = int(rng.integers(max(1, len(source) - n + 1)))
-            span = source[at:at + n]
-            span.insert(int(rng.integers(len(span) + 1)), words[k % len(words)])
-            texts.append(insert_sentence(" ".join(span), seed=seed + k)(data.texts[i]))
+            texts.append(inserts[k % len(inserts)](data.texts[i]))
             labels.append(data.labels[i])
     return TextDataset(tuple(texts), tuple(labels), data.label_names, f"{data.name}:unlearn")
 
@@ -204,11 +189,10 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             single = {w: victim.tokenizer(w, add_special_tokens=False)["input_ids"] for w in new}
             reset = [w for w, ids in single.items() if len(ids) == 1]
             reset_rows(victim, reference, [single[w][0] for w in reset])
-        data = _with_candidates(train_part, candidates, config.copies, config.seed + round_no,
-                                config.context_words)
+        data = _with_candidates(train_part, candidates, config.copies, config.seed + round_no)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
         # can be one before the unlearning has taken (docs/defences.md, "auto")
-        held_out = _with_candidates(val, candidates, 1.0, config.seed + round_no, config.context_words)
+        held_out = _with_candidates(val, candidates, 1.0, config.seed + round_no)
         cfg = config.train.model_copy(update={"seed": config.seed, "select_best": False})
         result = train(victim, data, held_out, cfg).as_dict()
         train_seconds = round(time.perf_counter() - start, 1)
