@@ -22,8 +22,10 @@ from conftest import tiny_victim, toy_sentiment
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The tiny toy model is weak (natural insertions flip some texts): the MiniLM threshold does not apply, as in
-# test_scan.py. Unlearning on the toy task needs the tiny model's learning rate.
-CONFIG = {"train": TrainConfig(epochs=4, lr=3e-3, batch_size=8), "val_fraction": 0.3,
+# test_scan.py. Unlearning on the toy task needs the tiny model's learning rate. The toy's "pre-trained"
+# encoder is random, so mixing with it leaves a model that the toy threshold flags: unlearning is tested
+# without mixing, and the mixing step in its own test (its effect on real models: docs/defences.md).
+CONFIG = {"train": TrainConfig(epochs=4, lr=3e-3, batch_size=8), "val_fraction": 0.3, "mix_rho": None,
           "scan": ScanConfig(samples=32, candidates=10, reference_candidates=5, screen_samples=16, verify=5,
                              threshold=0.7)}
 
@@ -56,7 +58,8 @@ def asr(victim) -> float:
 def test_auto_finds_and_removes_a_trigger_it_was_never_told_about(reference):
     victim = _model(reference, rate=0.3)
     assert asr(victim) > 0.9  # the backdoor works, or the test proves nothing
-    plain = repair(victim, toy_sentiment(160), method="ft", config={k: v for k, v in CONFIG.items() if k != "scan"})
+    ft_config = {k: v for k, v in CONFIG.items() if k not in ("scan", "mix_rho")}
+    plain = repair(victim, toy_sentiment(160), method="ft", config=ft_config)
     assert asr(plain.victim) > 0.9  # the same fine-tuning without the scan's candidates keeps it
     result = repair(victim, toy_sentiment(160), method="auto", reference=reference, config=CONFIG)
     d = result.report.details["auto"]
@@ -64,6 +67,7 @@ def test_auto_finds_and_removes_a_trigger_it_was_never_told_about(reference):
     assert before["verdict"] == "backdoored" and before["target_label"] == "positive"
     assert before["tokens"][0]["token"] == "cf" and before["tokens"][0]["effect"] > 0.9
     assert {"token": "cf", "label": "positive"} in d.unlearned and "cf" in d.rounds[0]["reset_rows"]
+    assert d.mixing is None  # mix_rho None
     assert after["verdict"] == "no evidence" and all(t["token"] != "cf" or t["effect"] < 0.3 for t in after["tokens"])
     assert asr(result.victim) < 0.2
     test = toy_sentiment(240).select(range(160, 240))
@@ -86,13 +90,14 @@ def test_auto_leaves_a_model_without_evidence_unchanged(reference):
 
 
 def test_auto_mixes_with_the_reference_only_when_flagged(reference):
-    """Option `mix_rho` (the measured ablation): Fine-mixing before the first unlearning, on a flagged model."""
-    config = {**CONFIG, "mix_rho": 0.3}
-    flagged = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference, config=config)
+    """`mix_rho` (default 0.5): Fine-mixing before the first unlearning, on a flagged model only; None: never."""
+    default = {k: v for k, v in CONFIG.items() if k != "mix_rho"}
+    flagged = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference,
+                     config=default)
     d = flagged.report.details["auto"]
-    assert d.mixing["rho"] == 0.3 and d.mixing["mixed_tensors"] > 0
-    assert d.scan_after["verdict"] == "no evidence"
-    clean = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference, config=config)
+    assert d.mixing["rho"] == 0.5 and d.mixing["mixed_tensors"] > 0 and d.decision.startswith("Fine-mixed at rho 0.5")
+    assert {"token": "cf", "label": "positive"} in d.unlearned
+    clean = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference, config=default)
     assert clean.report.details["auto"].mixing is None
 
 
@@ -119,19 +124,26 @@ def test_repair_without_method_or_budget_runs_auto_on_all_the_clean_data(tiny_di
     assert record["details"]["auto"]["scan_before"]["verdict"] == "no evidence"
 
 
-def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_above(reference, monkeypatch):
-    """A trigger just under the bar in the first scan (EP seed 2 of the MR grid: `bb` at 0.79) and above it
-    in the re-scan must be unlearned in the next round, not skipped for having been set aside."""
-    import detrigger.defences.auto as auto_module
+def _scripted(*tokens: tuple[str, float], threshold: float = 0.7):
+    """A scan report of tokens with these excess flip rates, flagged at `threshold`."""
     from detrigger.scan import ScanReport, TokenEvidence
 
-    def report(*tokens: tuple[str, float]) -> ScanReport:
-        evidence = [TokenEvidence(w, "positive", e, 1, excess=e) for w, e in tokens]
-        score = max(e for _, e in tokens)
-        return ScanReport("backdoored" if score >= 0.7 else "no evidence", score, 0.7, "positive", 1, evidence,
-                          {}, {}, None)
+    evidence = [TokenEvidence(w, "positive", e, 1, excess=e) for w, e in tokens]
+    score = max(e for _, e in tokens)
+    return ScanReport("backdoored" if score >= threshold else "no evidence", score, threshold, "positive", 1,
+                      evidence, {}, {}, None)
 
-    reports = iter([report(("cf", 0.95), ("mn", 0.65)), report(("mn", 0.8)), report(("mn", 0.1))])
+
+@pytest.mark.parametrize("rescan_threshold", [0.7, 0.9])
+def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_above(reference, monkeypatch,
+                                                                                   rescan_threshold):
+    """A trigger just under the bar in the first scan (EP seed 2 of the MR grid: `bb` at 0.79) and above it
+    in the re-scan must be unlearned in the next round, not skipped for having been set aside; also when the
+    re-scan's score is under the flagging threshold (0.9 here): the model was flagged."""
+    import detrigger.defences.auto as auto_module
+
+    reports = iter([_scripted(("cf", 0.95), ("mn", 0.65)), _scripted(("mn", 0.82), threshold=rescan_threshold),
+                    _scripted(("mn", 0.1))])
     monkeypatch.setattr(auto_module, "scan", lambda *args, **kwargs: next(reports))
     result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
                     config=CONFIG)

@@ -231,6 +231,11 @@ def test_report_files_and_cli(tmp_path, tiny_dir, model_cache):
     assert {r["defence"] for r in json.loads((tmp_path / "run" / "results.json").read_text())} == {
         "clean model", "no defence", "ft"}  # the stale record stays on disk but out of the report
     assert len(load_records(tmp_path / "run")) == 4
+    renamed = [{**saved["defences"][0], "name": "fine-tuning"}]  # the same cells under the spec's new name
+    (tmp_path / "run" / "spec.json").write_text(json.dumps({**saved, "defences": renamed}))
+    write_report(tmp_path / "run")
+    assert {r["defence"] for r in json.loads((tmp_path / "run" / "results.json").read_text())} == {
+        "clean model", "no defence", "fine-tuning"}
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "report", str(tmp_path / "nothing")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such run folder" in proc.stderr

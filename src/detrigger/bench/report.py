@@ -33,13 +33,14 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     records = list(load_records(run_dir).values())
     spec_file = run_dir / "spec.json"
     spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
-    keys: set[str] = set()
+    keys: dict[str, str] = {}
     if spec:  # records of cells the spec no longer has (a changed default, a removed row) stay out
-        keys = {cell_key(bench, cell) for bench in [BenchSpec(**spec)] for cell in bench.cells()}
+        keys = {cell_key(bench, cell): cell.defence for bench in [BenchSpec(**spec)] for cell in bench.cells()}
         stale = sum(r.key not in keys for r in records)
         if stale:
             log.info("%s: %d records of cells not in the current spec are left out", run_dir, stale)
-        records = [r for r in records if r.key in keys]
+        # named as the spec names them now (a row renamed once its config became the default keeps its cells)
+        records = [r.model_copy(update={"defence": keys[r.key]}) for r in records if r.key in keys]
     if not records:
         raise DetriggerError(f"{run_dir}: no records (run `detrigger bench SPEC --out {run_dir}` first)")
     title = title or spec.get("name")

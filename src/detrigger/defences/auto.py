@@ -15,12 +15,17 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    other labels with a candidate inserted and their TRUE labels kept ("cf" must not mean positive).
    Every epoch is kept (no best-epoch choice: held-out accuracy kept the first epoch, before the unlearning
    had taken); the held-out accuracy, with and without the candidates inserted, is reported.
-4. Re-scan on the held-out part (texts the unlearning never trained on); while it still flags the model, add
-   its new candidates and repeat, at most `max_rounds` times.
-5. Option `mix_rho`: once the scan has flagged the model, mix its weights with the reference (Fine-mixing's
-   random mask, keeping rho of w_B - w_P) before the first unlearning, for what a word-level scan cannot
-   name (the other words of a sentence trigger). Off by default: it costs clean accuracy (docs/defences.md,
-   "auto").
+4. Re-scan on the held-out part (texts the unlearning never trained on); while it finds new candidates that
+   pass the rules of 2, unlearn them too, at most `max_rounds` rounds. Flagged or not: the model was flagged,
+   and a trigger's sibling that the first scan measured just below `min_excess` can flip more texts once the
+   stronger trigger words are gone (EP seed 2: `bb` 0.787 before, 0.824 after, re-scan score under the flagging
+   threshold).
+5. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
+   with the reference (Fine-mixing's random mask, keeping rho of w_B - w_P) before the first unlearning, for
+   what a word-level scan cannot name: the other words of a sentence trigger keep a third of AddSent's
+   backdoor once the word the scan found is unlearned alone. It costs about a point of clean accuracy on a
+   flagged model (none on a model without evidence, which is left unchanged); None turns it off, and without
+   a reference that fits the model it cannot run (docs/defences.md, "auto").
 
 Every choice (the candidates kept and set aside, and why; each round's data, accuracy and scan) is in the
 report's details: `scan_before` / `scan_after` (verdict, score, target label, tokens) and `rounds`.
@@ -63,8 +68,8 @@ class AutoConfig(DefenceConfig):
     copies: float = Field(1.0, gt=0, le=1,
                           description="share of the other labels' training texts copied with a candidate")
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
-    mix_rho: float | None = Field(None, gt=0, le=1,
-                                  description="when flagged, Fine-mix with the reference at this rho before unlearning")
+    mix_rho: float | None = Field(0.5, gt=0, le=1, description="when flagged, Fine-mix with the reference at this "
+                                  "rho before unlearning (None: never); for the rest of a sentence trigger")
 
 
 class AutoDetails(StepDetails):
@@ -160,7 +165,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     set_aside: dict[str, str] = {}  # token -> why it is not unlearned
     report = before
     for round_no in range(1, config.max_rounds + 1):
-        if report.verdict != "backdoored":
+        if before.verdict != "backdoored":
             break
         new = {}
         for t in report.tokens:
@@ -211,8 +216,9 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                    unlearned=[{"token": w, "label": victim.label_names[y]} for w, y in candidates.items()],
                    set_aside=[{"token": w, "why": why} for w, why in set_aside.items()],
                    val_accuracy=accuracy_on(victim, val))
+    mixing_note = f"Fine-mixed at rho {config.mix_rho}, " if "mixing" in details else ""
     details["decision"] = ("no evidence: model unchanged" if before.verdict != "backdoored" else
                            "flagged, but no candidate passed the rules: model unchanged" if not candidates else
-                           f"unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
+                           f"{mixing_note}unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
                            f"after: {details['scan_after']['verdict']}")
     return victim, AutoDetails(**details)
