@@ -22,7 +22,7 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    threshold).
 5. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
    with the reference (Fine-mixing's random mask, keeping rho of w_B - w_P) before the first unlearning, for
-   what a word-level scan cannot name: the other words of a sentence trigger keep a third of AddSent's
+   what a word-level scan cannot name: the other words of a sentence trigger keep part of AddSent's
    backdoor once the word the scan found is unlearned alone. It costs about a point of clean accuracy on a
    flagged model (none on a model without evidence, which is left unchanged); None turns it off, and without
    a reference that fits the model it cannot run (docs/defences.md, "auto").
@@ -164,9 +164,8 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     candidates: dict[str, int] = {}  # token -> the label it forces
     set_aside: dict[str, str] = {}  # token -> why it is not unlearned
     report = before
-    for round_no in range(1, config.max_rounds + 1):
-        if before.verdict != "backdoored":
-            break
+    rounds = config.max_rounds if before.verdict == "backdoored" else 0  # no evidence: the model stays as it is
+    for round_no in range(1, rounds + 1):
         new = {}
         for t in report.tokens:
             label = victim.label_names.index(t.label)
