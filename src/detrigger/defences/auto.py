@@ -23,8 +23,9 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
 5. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
    with the reference (Fine-mixing's random mask, keeping rho of w_B - w_P) before the first unlearning, for
    what a word-level scan cannot name: the other words of a sentence trigger keep part of AddSent's
-   backdoor once the word the scan found is unlearned alone. It costs about a point of clean accuracy on a
-   flagged model (none on a model without evidence, which is left unchanged); None turns it off, and without
+   backdoor once the word the scan found is unlearned alone. Measured cost on a flagged model: −0.5 to +0.8
+   CACC points against unlearning alone (means per attack, small MR grid), 2.0 with 2,000 clean texts (none on
+   a model without evidence, which is left unchanged); None turns it off, and without
    a reference that fits the model it cannot run (docs/defences.md, "auto").
 
 Every choice (the candidates kept and set aside, and why; each round's data, accuracy and scan) is in the
