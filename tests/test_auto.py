@@ -150,3 +150,30 @@ def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_abov
     details = result.report.details["auto"]
     assert [r["unlearned"] for r in details.rounds] == [["cf"], ["mn"]]
     assert details.set_aside == [] and details.scan_after["verdict"] == "no evidence"
+
+
+def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(reference, monkeypatch):
+    """AddSent seed 2 of the MR grid: at auto's 100 texts per label the scan scored 0.938 (90% interval 0.88 to
+    0.97) against the threshold 0.95; at the calibration's 200 it flagged the model. A verdict whose interval
+    holds the threshold is taken again at the calibration's texts, and the report says so."""
+    import detrigger.defences.auto as auto_module
+    from detrigger.scan import ScanReport, TokenEvidence
+
+    undecided = ScanReport("no evidence", 0.68, 0.7, "positive", 1,
+                           [TokenEvidence("cf", "positive", 0.68, 1, excess=0.68, excess_low=0.6, excess_high=0.75)],
+                           {}, {}, None)
+    assert undecided.undecided and not _scripted(("cf", 0.68)).undecided  # no interval: decided
+    reports = iter([undecided, _scripted(("cf", 0.95)), _scripted(("cf", 0.1))])
+    samples = []
+
+    def scripted_scan(*args, config, **kwargs):
+        samples.append(config.samples)
+        return next(reports)
+
+    monkeypatch.setattr(auto_module, "scan", scripted_scan)
+    result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
+                    config=CONFIG)
+    details = result.report.details["auto"]
+    assert samples == [32, ScanConfig().samples, 32]  # auto's, the calibration's, the re-scan (auto's again)
+    assert details.scan_before["verdict"] == "backdoored" and "sampling noise" in details.scan_before["texts"]
+    assert [r["unlearned"] for r in details.rounds] == [["cf"]]

@@ -318,3 +318,13 @@ def test_a_real_ep_victims_trigger_ranks_first(tmp_path):
     assert without.tokens[0].token == "cf" and without.verdict == "backdoored"
     clean = scan(attack.clean, val, config=config)
     assert clean.score < without.score and all(t.token != "cf" or t.effect < 0.5 for t in clean.tokens)
+
+
+def test_the_excess_interval_narrows_with_more_texts_and_holds_the_estimate():
+    """The 90% Wilson interval of the excess: around the estimate, narrower at 200 texts than at 100, and the
+    upper bound of a flip rate of 1 is 1 (a trigger that flips every text)."""
+    value, low, high = excess(94, 100, 0.02)
+    assert low < value < high and value == pytest.approx((0.94 - 0.02) / 0.98)
+    _, low200, high200 = excess(188, 200, 0.02)
+    assert high200 - low200 < high - low
+    assert excess(100, 100, 0.0)[2] == pytest.approx(1.0)

@@ -37,7 +37,8 @@
    texts. On a well-trained model s is near 0 and the excess is the flip rate; on a model that any word
    flips, natural words lose the advantage their flip rate would give them.
 5. Verdict: the largest excess of the other tokens over all labels is the score; at or above `threshold`
-   the model is flagged. A label that the model already predicts for most texts of the other labels
+   the model is flagged; when the best candidate's 90% interval holds the threshold, the report says the verdict is
+   undecided at this number of texts. A label that the model already predicts for most texts of the other labels
    (`weak_base_rate`) gets a warning in the report: the few texts left are the ones it barely gets right,
    and they flip easily. The threshold is calibrated on clean models (docs/scan.md), never on the victims
    being tested.
@@ -122,6 +123,7 @@ class TokenEvidence:
     task_word: bool = False  # frequent and mostly with `label` in clean text: the task, not a trigger
     excess: float = 0.0  # share of the texts that ordinary words leave unflipped (the null) that the token flips
     excess_low: float = 0.0  # the same at the 90% lower confidence bound of the flip rate, given the texts
+    excess_high: float = 0.0  # and at the upper one
 
 
 @dataclass
@@ -157,6 +159,13 @@ class ScanReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def undecided(self) -> bool:
+        """The verdict is within the sampling noise of these texts: the best candidate's 90% interval of the
+        excess holds the threshold, so more clean texts could turn it (`auto` then scans at the calibration's)."""
+        top = next((t for t in self.tokens if not t.task_word), None)
+        return top is not None and top.excess_low < self.threshold <= top.excess_high
+
     def text(self) -> str:
         lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})"]
         lines += [f"  warning, {label}: {why}" for label, why in self.warnings.items()]
@@ -168,7 +177,10 @@ class ScanReport:
                          f"{100 * null.rate:.1f}% on average (median {100 * null.median:.1f}%, 90th percentile "
                          f"{100 * null.q90:.1f}%, most: {', '.join(f'{w} {100 * r:.0f}%' for w, r in null.top)})")
             lines.append(f"  excess over the null {top.excess:.3f} (flips that share of the texts ordinary words leave "
-                         f"unflipped; 90% lower bound {top.excess_low:.3f} with these texts)")
+                         f"unflipped; 90% interval {top.excess_low:.3f} to {top.excess_high:.3f} with these texts)")
+            if self.undecided:
+                lines.append("  undecided at these texts: the interval holds the threshold; more clean texts "
+                             "(--clean, --samples) would settle the verdict")
         lines += [f"most likely target label: {self.target_label} (id {self.target_id})",
                   "suspicious tokens (effect = share of other-label clean texts flipped to the label by inserting "
                   "the token):",
@@ -251,15 +263,16 @@ def glued_words(victim: Victim, texts: list[str], target: int, drift: torch.Tens
     return words
 
 
-def excess(hits: int, n: int, null_rate: float) -> tuple[float, float]:
+def excess(hits: int, n: int, null_rate: float) -> tuple[float, float, float]:
     """The share of texts that ordinary words leave unflipped which the candidate flips: (e - s) / (1 - s) for a
-    flip rate e = hits / n and the null's rate s, and the same at the 90% lower Wilson bound of e, so that few
-    clean texts give a wide, honest interval. On a model whose ordinary words flip nothing it is e itself."""
+    flip rate e = hits / n and the null's rate s, and the same at the 90% Wilson bounds of e (lower, upper), so
+    that few clean texts give a wide, honest interval. On a model whose ordinary words flip nothing it is e."""
     rate = hits / n
     z = 1.645
-    low = ((rate + z * z / (2 * n)) - z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    centre, spread = rate + z * z / (2 * n), z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    low, high = ((centre + sign * spread) / (1 + z * z / n) for sign in (-1, 1))
     room = max(1.0 - null_rate, 1e-9)
-    return (rate - null_rate) / room, (low - null_rate) / room
+    return (rate - null_rate) / room, (low - null_rate) / room, (high - null_rate) / room
 
 
 def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int,
@@ -461,14 +474,14 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                                         [(null_words[i], round(float(rates[i]), 4)) for i in np.argsort(-rates)[:3]])
             for key, hits in zip(kept, total):
                 n, share, task = evidence(key, target)
-                value, low = excess(int(hits), len(texts), null_hits / null_n)
+                value, low, high = excess(int(hits), len(texts), null_hits / null_n)
                 single = isinstance(key, int)
                 tokens.append(TokenEvidence(words[key], label, round(float(hits) / len(texts), 4),
                                             rank.get(key) if single else None,
                                             vocabulary_rank.get(key) if single else None,
                                             None if drift is None or not single else round(float(drift[key]), 4), n,
                                             None if share is None else round(share, 4), task,
-                                            round(value, 4), round(low, 4)))
+                                            round(value, 4), round(low, 4), round(high, 4)))
     if not tokens:
         raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")
     # ties: the larger embedding drift (with a reference), then the stronger gradient signal

@@ -3,8 +3,9 @@
 The user does not know which attack they face, so `auto` lets the scan (`detrigger.scan`) choose:
 
 1. Scan the suspect on all the defender's clean texts (with the reference encoder when there is one that
-   fits the model). No evidence: the model is returned unchanged (a repair that cannot be aimed only
-   costs accuracy).
+   fits the model), at 100 texts per label for time; a verdict within those texts' sampling noise of the
+   threshold (`ScanReport.undecided`) is taken again at the 200 the threshold was calibrated at. No evidence:
+   the model is returned unchanged (a repair that cannot be aimed only costs accuracy).
 2. Candidates are evidence, not truth. A scanned token is unlearned only if its excess flip rate (the
    share of texts that ordinary words of the clean texts leave unflipped which it flips) reaches
    `min_excess` (0.80, below the scan's flagging threshold: it applies to a flagged model only) and it is
@@ -60,7 +61,8 @@ log = logging.getLogger(__name__)
 class AutoConfig(DefenceConfig):
     scan: ScanConfig = Field(ScanConfig(samples=100),
                              description="the scan before and after (threshold: calibrated on clean models); half "
-                                         "the calibration's texts, for time: a trigger flips all of them")
+                                         "the calibration's texts, for time (an undecided verdict is taken again "
+                                         "at the calibration's): a trigger flips all of them")
     max_rounds: int = Field(3, ge=1, description="unlearning rounds while the re-scan still flags the model")
     # Lower than the scan's flagging threshold: it applies only once the model is flagged, where a trigger's
     # siblings just below that threshold are worth unlearning too (docs/defences.md, "auto").
@@ -156,11 +158,18 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     stages: dict[str, float] = {}
     start = time.perf_counter()
     before = scan(victim, everything, reference=ref_path, config=scan_config)
+    texts = "all clean texts"
+    calibrated = ScanConfig.model_fields["samples"].default  # the texts per label the threshold was set at
+    if before.undecided and scan_config.samples < calibrated:
+        texts += (f", {calibrated} per label: at {scan_config.samples} the verdict ({before.verdict}, "
+                  f"{before.score:.3f}) was within the texts' sampling noise of the threshold")
+        before = scan(victim, everything, reference=ref_path,
+                      config=scan_config.model_copy(update={"samples": calibrated}))
     stages["scan_before_seconds"] = round(time.perf_counter() - start, 1)
     suspect_val = accuracy_on(victim, val)
     details: dict[str, Any] = {"reference": None if ref_path is None else str(ref_path),
                                "reference_dropped": context.reference is not None and reference is None,
-                               "min_excess": min_excess, "scan_before": _summary(before, "all clean texts"),
+                               "min_excess": min_excess, "scan_before": _summary(before, texts),
                                "suspect_val_accuracy": suspect_val, "rounds": [], "stages": stages}
     candidates: dict[str, int] = {}  # token -> the label it forces
     set_aside: dict[str, str] = {}  # token -> why it is not unlearned
