@@ -1,8 +1,8 @@
 """The `detrigger` command line: parses, calls the library, prints. Bad input exits with code 2.
 
 A command's options are added once it is chosen (`_Commands`), after `--threads` has set torch's thread count:
-most are made from the fields of the config models that own them (`_fields`: flag, type, choices, help and
-default from the field), and pydantic checks the values when the command builds its config from them."""
+most are made from the fields of the config models that own them (`argfields.add_fields`: flag, type, choices,
+help and default from the field), and pydantic checks the values when the command builds its config from them."""
 
 from __future__ import annotations
 
@@ -12,86 +12,16 @@ import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import UnionType
-from typing import Literal, Union, get_args, get_origin
 
 from detrigger import __version__
+from detrigger.argfields import add_fields, add_recipe, given, typed
 from detrigger.cpus import thread_env
-from detrigger.errors import DetriggerError, invalid
+from detrigger.errors import DetriggerError
 
 log = logging.getLogger("detrigger")
 SCAN_EXIT = "exit status: 0 no evidence of a backdoor, 1 flagged as backdoored, 2 error (the clamscan convention)"
 SOURCE = "a built-in corpus, a file, a saved HF folder or hf:NAME"
 PARTS = ["test", "val", "train", "all"]
-
-
-def _size(value: str) -> float | int:
-    """A split size: `0.2` is a fraction, `800` a count."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    raise argparse.ArgumentTypeError(f"not a fraction or a count: {value!r}")
-
-
-def _kind(annotation) -> dict:
-    """How argparse reads a field of this type: a switch (bool), the values after the flag (tuple), the flag
-    repeated (list), one of its choices (Literal), a number (a split size for `float | int`)."""
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    origin = get_origin(annotation)
-    if origin in (Union, UnionType):
-        return {"type": _size} if set(args) == {int, float} else _kind(args[0])
-    if origin in (tuple, list):
-        return ({"nargs": "+"} if origin is tuple else {"action": "append"}) | _kind(args[0])
-    if origin is Literal:
-        return {"choices": args}
-    if annotation is bool:
-        return {"action": "store_true"}
-    return {"type": annotation} if annotation in (int, float) else {}
-
-
-def _fields(p: argparse.ArgumentParser, model: type, *names: str, flag: str | None = None, help: str = "{}",
-            **kw) -> None:
-    """An option per field of a config model (every field if none is named), `--field-name` (or `flag`): its kind
-    from the type, its metavar from the title, its help (`help` with `{}` for it) from the description and the
-    default; not given: None, the field's default; one made already is left. The parser records the fields it made,
-    which `_given` reads."""
-    made = p.get_default("fields") or {}
-    names = [n for n in names or model.model_fields if n not in made.get(model.__name__, ())]
-    for name in names:
-        info = model.model_fields[name]
-        default = None if info.is_required() or info.default is False else info.default
-        value = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        text = info.description if value is None else f"{info.description} (default {value})"
-        kind = _kind(info.annotation) | ({"metavar": info.title} if info.title else {}) | kw
-        p.add_argument(flag or "--" + name.replace("_", "-"), dest=name, default=None, required=info.is_required(),
-                       help=help.format(text).replace("%", "%%"), **kind)
-    p.set_defaults(fields={**made, model.__name__: (*made.get(model.__name__, ()), *names)})
-
-
-def _recipe(p: argparse.ArgumentParser, model: type, help: str = "{}") -> None:
-    """--epochs and --lr: those of the training recipe (`train`) of a config model, its default's."""
-    info = model.model_fields["train"]
-    for key in ("epochs", "lr"):
-        field = type(info.default).model_fields[key]
-        text = f"{field.description}, {info.description} (default {getattr(info.default, key)})"
-        p.add_argument(f"--{key}", default=None, help=help.format(text), **_kind(field.annotation))
-
-
-def _given(args: argparse.Namespace, model: str) -> dict:
-    """The options `_fields` made from the fields of the model named `model` that were given."""
-    return {k: v for k in getattr(args, "fields", {}).get(model, ()) if (v := getattr(args, k)) is not None}
-
-
-def _typed(model: type, args: argparse.Namespace | None = None, **fields):
-    """A config from the options given for its fields and `fields` (None: its default); one DetriggerError
-    naming a bad field."""
-    try:
-        given = _given(args, model.__name__) if args else {}
-        return model(**given, **{k: v for k, v in fields.items() if v is not None})
-    except ValueError as exc:
-        raise DetriggerError(invalid(exc)) from None
 
 
 def _print(lines: Iterable[str]) -> int:
@@ -106,22 +36,15 @@ def _texts(args: argparse.Namespace, source: str, victim, part: str | None = Non
     from detrigger.data import default_part, load_part
 
     return load_part(source, part or default_part(source, default), label_names=victim.label_names,
-                     recorded=victim.info.get("data"), **_given(args, "DataSpec"))
+                     recorded=victim.info.get("data"), **given(args, "DataSpec"))
 
 
 def _load(args: argparse.Namespace, name: str):
     """A model folder, hub id or LoRA adapter (merged into its base), labels renamed by --label-map, on --device."""
     import detrigger.defences  # noqa: F401  (the input transforms a repaired model may ship)
-    from detrigger.device import pick_device
-    from detrigger.models import load_victim
-    from detrigger.models.victim import parse_label_map
+    from detrigger.models import LoadOptions
 
-    device = pick_device(args.device)
-    victim = load_victim(name, allow_pickle=args.allow_pickle, base=getattr(args, "base", None))
-    if getattr(args, "label_map", None):
-        victim.rename_labels(parse_label_map(args.label_map))
-    victim.model.to(device)
-    return victim
+    return typed(LoadOptions, args).load(name, args.device)
 
 
 def _trigger(args: argparse.Namespace, model: str, victim):
@@ -129,7 +52,7 @@ def _trigger(args: argparse.Namespace, model: str, victim):
     from detrigger.attacks import evaluation_trigger
     from detrigger.triggers import TriggerOptions
 
-    return evaluation_trigger(model, victim.label_names, _typed(TriggerOptions, args))
+    return evaluation_trigger(model, victim.label_names, typed(TriggerOptions, args))
 
 
 def _out(args: argparse.Namespace) -> Path:
@@ -150,18 +73,17 @@ def _show(args: argparse.Namespace, record: dict, text: str, out: Path | None = 
 def cmd_train(args: argparse.Namespace) -> int:
     from detrigger.data import data_spec, load_splits
     from detrigger.training import TrainConfig
-    from detrigger.training.recipe import train_classifier, trained_text
+    from detrigger.training.recipe import train_classifier
 
     out = _out(args)
-    spec = data_spec(args.data, **_given(args, "DataSpec"))
-    config = _typed(TrainConfig, args, epochs=args.epochs, lr=args.lr, device=args.device,
-                    seed=spec.seed if args.train_seed is None else args.train_seed)
+    spec = data_spec(args.data, **given(args, "DataSpec"))
+    config = typed(TrainConfig, args, epochs=args.epochs, lr=args.lr, device=args.device,
+                   seed=spec.seed if args.train_seed is None else args.train_seed)
     splits = load_splits(spec)
     if not args.json:
         print(f"data {spec.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
-    record = train_classifier(spec, config, out, overwrite=args.overwrite, encoder=args.encoder,
-                              max_length=args.max_length, progress=args.progress, splits=splits)
-    return _show(args, record, trained_text(record, out), out)
+    return _show(args, *train_classifier(spec, config, out, overwrite=args.overwrite, encoder=args.encoder,
+                                         max_length=args.max_length, progress=args.progress, splits=splits), out)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -171,8 +93,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     out = _out(args)
     train = {k: v for k in ("epochs", "lr", "device") if (v := getattr(args, k)) is not None}
-    spec = attack_spec({**_given(args, "AttackSpec"), "seed": args.seed}, train)
-    data, build = data_spec(args.data, **_given(args, "DataSpec")), _typed(BuildOptions, args)
+    spec = attack_spec({**given(args, "AttackSpec"), "seed": args.seed}, train)
+    data, build = data_spec(args.data, **given(args, "DataSpec")), typed(BuildOptions, args)
     result = build_victim(data, spec, clean_config=build.clean_config(args.seed, args.device), encoder=args.encoder,
                           max_length=args.max_length, cache=not build.no_cache, progress=args.progress)
     text = result.save(out, args.overwrite)
@@ -183,11 +105,11 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from detrigger.defences import defender_clean, repair
     from detrigger.defences.base import RepairOptions
 
-    o, out = _typed(RepairOptions, args), _out(args)
+    o, out = typed(RepairOptions, args), _out(args)
     train = {k: v for k in ("epochs", "lr", "device") if (v := getattr(args, k)) is not None}
     config = o.step_config({"rho": args.rho, "mask": args.mask, "top_n": args.top_n, "seed": args.seed}, train)
     victim = _load(args, args.victim)
-    clean, pool = defender_clean(o, victim, **_given(args, "DataSpec"))
+    clean, pool = defender_clean(o, victim, **given(args, "DataSpec"))
     if not args.json:
         print(o.clean_text(clean, pool, victim))
     result = repair(victim, clean, method=o.method, reference=o.reference, config=config,
@@ -198,39 +120,29 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detrigger.data import default_part
-    from detrigger.evaluation import evaluate
-    from detrigger.models import load_victim
+    from detrigger.evaluation.run import run_eval
+    from detrigger.models import LoadOptions
 
     victim = _load(args, args.model)
     trigger, target = _trigger(args, args.model, victim)
-    reference = None
-    if args.reference:
-        reference = load_victim(args.reference, allow_pickle=args.allow_pickle)
-        reference.model.to(victim.device)
-        victim.check_labels(reference.label_names, f"{args.reference}:")
-    split = args.split or default_part(args.data, "test")
-    m = evaluate(victim, _texts(args, args.data, victim, split), trigger=trigger, target=target, reference=reference,
-                 progress=args.progress)
-    text = f"{args.model} on {args.data} ({split}, {m.n_test} texts)\n{m.text(victim.label_names)}"
-    return _show(args, {"model": args.model, "data": args.data, "split": split, **m.as_dict()}, text)
+    return _show(args, *run_eval(victim, args.data, model=args.model, split=args.split, trigger=trigger, target=target,
+                                 reference=args.reference, allow_pickle=typed(LoadOptions, args).allow_pickle,
+                                 progress=args.progress, **given(args, "DataSpec")))
 
 
 def cmd_plot_representations(args: argparse.Namespace) -> int:
     from detrigger.defences.distillation import split_text
-    from detrigger.evaluation.representations import plot_representations, representation_groups
+    from detrigger.evaluation.representations import PictureOptions, draw_picture
 
+    options = typed(PictureOptions, args)
     models = {Path(folder).name: _load(args, folder) for folder in args.models}
     first = next(iter(models.values()))
     trigger, target = _trigger(args, args.models[0], first)
     if trigger is None:
         raise DetriggerError("give --trigger-word or --trigger-sentence (the first model has no attack card)")
     seed = args.seed if args.seed is not None else 0
-    groups = representation_groups(_texts(args, args.data, first), trigger, target, split_text, samples=args.samples,
-                                   seed=seed)
-    for path in plot_representations(models, groups, args.out, pooling=args.pooling, seed=seed):
-        print(f"wrote {path}")
-    return 0
+    written = draw_picture(models, _texts(args, options.data, first), trigger, target, split_text, options, seed)
+    return _print(f"wrote {path}" for path in written)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -238,7 +150,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from detrigger.scan import ScanConfig, scan
 
     try:
-        config = _typed(ScanConfig, args)
+        config = typed(ScanConfig, args)
         victim = _load(args, args.model)
         report = scan(victim, _texts(args, args.clean, victim, default="val"), reference=args.reference,
                       config=config, progress=args.progress)  # the held-out split
@@ -256,40 +168,32 @@ def cmd_filter(args: argparse.Namespace) -> int:
     FRR and CACC, and with a trigger (options or the attack card: evaluation only) FAR and ASR."""
     from detrigger.filters import FilterOptions, run_filter
 
-    options = _typed(FilterOptions, args)
+    options = typed(FilterOptions, args)
     config = options.filter_config()  # a bad option fails now, before the model loads
     if options.out:
         _out(args)
     victim = _load(args, args.model)
     trigger, target = _trigger(args, args.model, victim)
     return _show(args, *run_filter(victim, options, config, model=args.model, trigger=trigger, target=target,
-                                   overwrite=args.overwrite, progress=args.progress, **_given(args, "DataSpec")))
+                                   overwrite=args.overwrite, progress=args.progress, **given(args, "DataSpec")))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from detrigger.bench import load_spec, run_bench
+    from detrigger.bench.report import run_text
     from detrigger.bench.spec import RunOptions
 
     out = Path(args.out)
-    records = run_bench(load_spec(args.spec), out, **_typed(RunOptions, args).model_dump(),
+    records = run_bench(load_spec(args.spec), out, **typed(RunOptions, args).model_dump(),
                         progress=args.progress, overwrite=args.overwrite)
-    failed = sum(r.status == "failed" for r in records.values())
-    print((out / "results.md").read_text().rstrip() + f"\n\n{len(records)} cells recorded in {out}/cells ({failed} "
-          f"failed); reports: {out}/results.md, results.csv, results.json, plots/")
-    return 1 if failed else 0
+    print(run_text(records, out))
+    return 1 if any(r.status == "failed" for r in records.values()) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from detrigger.bench import write_report
-    from detrigger.bench.report import splice
+    from detrigger.bench.report import rebuild_report
 
-    if not Path(args.run_dir).is_dir():
-        raise DetriggerError(f"{args.run_dir}: no such run folder")
-    table = write_report(args.run_dir)
-    if args.into:
-        splice(args.into, args.run_dir, table)
-    print(table)
-    return 0
+    return _print([rebuild_report(args.run_dir, args.into)])
 
 
 class _Commands(argparse._SubParsersAction):
@@ -335,20 +239,21 @@ def _shared(p: argparse.ArgumentParser, *shared: str) -> argparse.ArgumentParser
 
     add = p.add_argument
     if "data" in shared:
-        _fields(p, DataSpec, "text_column", "label_column", "seed", "val", "test")
-    if "model" in shared:
-        add("--label-map", metavar="MAP", help="rename the model's labels to the data's: LABEL_0=negative,"
-            "LABEL_1=positive or a JSON file")
-        add("--base", help="a LoRA adapter's base model folder or hub id (default: its adapter_config.json's)")
-    if "model" in shared or "pickle" in shared:
-        add("--allow-pickle", action="store_true", help="load .bin/.pt weights (runs pickle: trusted files only)")
+        add_fields(p, DataSpec, "text_column", "label_column", "seed", "val", "test")
+    if "model" in shared or "pickle" in shared:  # pickle: --allow-pickle alone
+        from detrigger.models import LoadOptions
+
+        add_fields(p, LoadOptions, *(("label_map", "base", "allow_pickle") if "model" in shared else ("allow_pickle",)))
     if "trigger" in shared:  # the evaluation trigger: never given to a defence
-        _fields(p, TriggerOptions)
+        add_fields(p, TriggerOptions)
     if "encoder" in shared:
+        from detrigger.models.victim import DEFAULT_MAX_LENGTH
+
         add("--encoder", help="pre-trained encoder folder or hub id org/name (offline: only if in the Hugging Face "
             "cache; default: embedded MiniLM-L6)")
-        _fields(p, DataSpec, "max_train")
-        add("--max-length", type=int, default=128, help="truncation length in tokens (default 128)")
+        add_fields(p, DataSpec, "max_train")
+        add("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+            help=f"truncation length in tokens (default {DEFAULT_MAX_LENGTH})")
     if "device" in shared:
         add("--device", default=None, help="cuda, mps or cpu (default: best available)")
     for flag, text in (("overwrite", "replace an existing output folder"), ("json", "print the result as JSON")):
@@ -374,7 +279,7 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         fetch.add_argument("names", nargs="*", help="corpora to fetch (default: all)")
         show = _shared(data.add_parser("show", help="sizes, label balance, split sizes and a few rows of a data set"),
                        "data")
-        show.set_defaults(func=lambda a: _print([describe(data_spec(a.name, **_given(a, "DataSpec")), a.rows)]))
+        show.set_defaults(func=lambda a: _print([describe(data_spec(a.name, **given(a, "DataSpec")), a.rows)]))
         show.add_argument("name", help=SOURCE)
         show.add_argument("--rows", type=int, default=5, help="rows to print (default 5)")
     elif command == "train":
@@ -385,7 +290,7 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         add("--epochs", type=int, default=2, help="epochs (default 2)")
         add("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
         add("--train-seed", type=int, default=None, help="training seed (default: the split seed)")
-        _fields(p, TrainConfig, "batch_size", "precision")
+        add_fields(p, TrainConfig, "batch_size", "precision")
     elif command == "attack":
         from detrigger.attacks import ATTACKS, AttackSpec
         from detrigger.attacks.attack import BuildOptions
@@ -393,12 +298,12 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         p.set_defaults(seed=0)
         add("--data", required=True, help=SOURCE)
         add("--out", required=True, help="output victim folder (model + attack.json)")
-        _fields(p, AttackSpec, "attack", help="one of " + ", ".join(ATTACKS))
-        _fields(p, AttackSpec, "setting", "sentence", "target", "rate", "label_mode", "times", "negative_rate",
-                "ripple_lambda", "words", "chars")
-        _recipe(p, AttackSpec, help="{}; both settings")
-        _fields(p, AttackSpec, "lora_rank", flag="--lora", metavar="RANK")
-        _fields(p, BuildOptions)
+        add_fields(p, AttackSpec, "attack", help="one of " + ", ".join(ATTACKS))
+        add_fields(p, AttackSpec, "setting", "sentence", "target", "rate", "label_mode", "times", "negative_rate",
+                   "ripple_lambda", "words", "chars")
+        add_recipe(p, AttackSpec, help="{}; both settings")
+        add_fields(p, AttackSpec, "lora_rank", flag="--lora", metavar="RANK")
+        add_fields(p, BuildOptions)
     elif command == "repair":
         from detrigger.defences import DEFENCES, DefenceConfig
         from detrigger.defences.base import RepairOptions
@@ -406,13 +311,13 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         from detrigger.defences.mixing import MixingConfig
 
         add("victim", help="suspect model folder (safetensors), hub id (org/name) or LoRA adapter folder")
-        _fields(p, RepairOptions, "method", help=f"{', '.join(DEFENCES)}, or a pipeline joined by + (epur+finemixing) "
-                "(default auto: scan, unlearn, re-scan)")
-        _fields(p, RepairOptions, "clean", "clean_fraction", "clean_count", "reference", "out", "config")
-        _fields(p, MixingConfig, "rho", "mask")
-        _fields(p, EpurConfig, "top_n")
-        _recipe(p, DefenceConfig)
-        _fields(p, RepairOptions, "ship_purifier")
+        add_fields(p, RepairOptions, "method", help=f"{', '.join(DEFENCES)}, or a pipeline joined by + "
+                   "(epur+finemixing) (default auto: scan, unlearn, re-scan)")
+        add_fields(p, RepairOptions, "clean", "clean_fraction", "clean_count", "reference", "out", "config")
+        add_fields(p, MixingConfig, "rho", "mask")
+        add_fields(p, EpurConfig, "top_n")
+        add_recipe(p, DefenceConfig)
+        add_fields(p, RepairOptions, "ship_purifier")
     elif command == "split":
         from detrigger.defences.distillation import split_copies
 
@@ -429,6 +334,8 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         add("--split", choices=PARTS, help="default: test of a built-in corpus, all of a file")
         add("--reference", help="a clean model: its ASR on the same texts is the floor")
     elif command == "plot":
+        from detrigger.evaluation.representations import PictureOptions
+
         plot = p.add_subparsers(dest="plot_command", required=True, metavar="FIGURE")
         p = _shared(plot.add_parser("representations", help="2-D PCA and t-SNE of sentence vectors of clean, "
                                     "token-split and triggered text, a panel per model"),
@@ -436,29 +343,26 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         p.set_defaults(func=cmd_plot_representations)
         p.add_argument("models", nargs="+", help="model folders (e.g. the victim, an MBTSAD teacher, the repaired "
                        "model)")
-        p.add_argument("--data", required=True, help="texts: a built-in corpus (its test split) or a file")
-        p.add_argument("--out", required=True, help="folder for representations-pca.png and representations-tsne.png")
-        p.add_argument("--samples", type=int, default=300, help="non-target texts per group (default 300)")
-        p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="sentence vector (default cls)")
+        add_fields(p, PictureOptions)
     elif command == "scan":
         from detrigger.scan import ScanConfig
 
         add("model", help="model folder (safetensors)")
         add("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) or a file")
         add("--reference", help="pre-trained encoder folder: adds embedding-drift evidence")
-        _fields(p, ScanConfig, "samples", "candidates", "rounds", "threshold")
+        add_fields(p, ScanConfig, "samples", "candidates", "rounds", "threshold")
     elif command == "filter":
         from detrigger.filters import FILTERS, FilterOptions
 
         add("model", help="model folder (safetensors)")
-        _fields(p, FilterOptions, "method", help="one of " + ", ".join(FILTERS))
-        _fields(p, FilterOptions)
+        add_fields(p, FilterOptions, "method", help="one of " + ", ".join(FILTERS))
+        add_fields(p, FilterOptions)
     elif command == "bench":
         from detrigger.bench.spec import RunOptions
 
         add("spec", help="experiment spec (YAML): data, attacks, defences, clean_fractions, seeds")
         add("--out", required=True, help="run folder: one record per cell, results.md/csv/json, plots/")
-        _fields(p, RunOptions)
+        add_fields(p, RunOptions)
     elif command == "report":
         add("run_dir", help="the folder given to bench --out")
         add("--into", metavar="DOC", help="also put the table into this Markdown file between its "

@@ -58,6 +58,25 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     return table
 
 
+def rebuild_report(run_dir: str | Path, into: str | Path | None = None) -> str:
+    """`detrigger report`: the reports of a run folder rebuilt from its records (`write_report`), and with `into`
+    the table put into that document (`splice`); returns the table."""
+    if not Path(run_dir).is_dir():
+        raise DetriggerError(f"{run_dir}: no such run folder")
+    table = write_report(run_dir)
+    if into:
+        splice(into, run_dir, table)
+    return table
+
+
+def run_text(records: dict[str, CellRecord], run_dir: Path) -> str:
+    """What `detrigger bench` prints once a run is over: the table it wrote (results.md), how many cells are
+    recorded and failed, and where the reports are."""
+    failed = sum(r.status == "failed" for r in records.values())
+    return ((run_dir / "results.md").read_text().rstrip() + f"\n\n{len(records)} cells recorded in {run_dir}/cells "
+            f"({failed} failed); reports: {run_dir}/results.md, results.csv, results.json, plots/")
+
+
 def _seeds(records: list[CellRecord]) -> str:
     """Which seeds each attack has records for, e.g. 'badnet 0, 1; ep 0'."""
     by_attack: dict[str, set[int]] = defaultdict(set)

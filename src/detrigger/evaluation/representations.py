@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.batching import bucketed_batches, collate, encode
 from detrigger.data.dataset import TextDataset
@@ -102,3 +103,23 @@ def representation_groups(data: TextDataset, trigger: Trigger, target: int, spli
     rng = np.random.default_rng(seed)
     texts = [pool[i] for i in rng.permutation(len(pool))[:samples]]
     return {"clean": texts, "token-split": [split(t, rng) for t in texts], "triggered": [trigger(t) for t in texts]}
+
+
+class PictureOptions(BaseModel):
+    """What `detrigger plot representations` is given besides the models: the texts, where the figures go, how many
+    texts per group and the sentence vector."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(description="texts: a built-in corpus (its test split) or a file")
+    out: str = Field(description="folder for representations-pca.png and representations-tsne.png")
+    samples: int = Field(300, description="non-target texts per group")
+    pooling: Pooling = Field("cls", description="sentence vector")
+
+
+def draw_picture(models: Mapping[str, Victim], data: TextDataset, trigger: Trigger, target: int,
+                 split: Callable[[str, Any], str], options: PictureOptions, seed: int = 0) -> list[Path]:
+    """The picture of `options.samples` non-target texts of `data` (`representation_groups`: clean, token-split by
+    `split`, triggered) under each model, written into `options.out`; returns the files written."""
+    groups = representation_groups(data, trigger, target, split, samples=options.samples, seed=seed)
+    return plot_representations(models, groups, options.out, pooling=options.pooling, seed=seed)

@@ -29,10 +29,12 @@ from typing import Any, Literal, Protocol
 
 import torch
 import transformers
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from detrigger.device import pick_device
 from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir, write_json
 from detrigger.models.arch import default_attention, embedding_key, family
@@ -341,6 +343,30 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
     return Victim(model.eval(), tokenizer, tuple(names),
                   int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}),
                   purifier)
+
+
+class LoadOptions(BaseModel):
+    """How a command loads the model it is given, besides its name: the labels renamed to a data set's, the base of
+    a LoRA adapter, pickle weights allowed. The CLI's `--label-map`, `--base` and `--allow-pickle` are made from
+    these fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label_map: str | None = Field(None, title="MAP", description="rename the model's labels to the data's: "
+                                  "LABEL_0=negative,LABEL_1=positive or a JSON file")
+    base: str | None = Field(None, description="a LoRA adapter's base model folder or hub id (default: its "
+                             "adapter_config.json's)")
+    allow_pickle: bool = Field(False, description="load .bin/.pt weights (runs pickle: trusted files only)")
+
+    def load(self, name: str | Path, device: str | None = None) -> Victim:
+        """`load_victim(name)` with these options, its labels renamed by the label map (`parse_label_map`), on
+        `device` (default: the best available; an unavailable one is refused before the model loads)."""
+        chosen = pick_device(device)
+        victim = load_victim(name, allow_pickle=self.allow_pickle, base=self.base)
+        if self.label_map:
+            victim.rename_labels(parse_label_map(self.label_map))
+        victim.model.to(chosen)
+        return victim
 
 
 def _kernel(attention: Attention) -> str | None:

@@ -77,16 +77,17 @@ def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder:
 
 def train_classifier(data: DataSpec, config: TrainConfig, out: Path, *, overwrite: bool = False,
                      encoder: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH,
-                     progress: bool | None = None, splits: Splits | None = None) -> dict:
-    """`detrigger train`: a new clean model (never the cached one) saved in `out` with metrics.json (the record
-    returned), run.json (what it was trained on and how) and train.log (the run's log lines)."""
+                     progress: bool | None = None, splits: Splits | None = None) -> tuple[dict, str]:
+    """`detrigger train`: a new clean model (never the cached one) saved in `out` with metrics.json (its record),
+    run.json (what it was trained on and how) and train.log (the run's log lines). Returns the record and the text
+    the command prints (`trained_text`)."""
     with captured_log() as lines:
         victim, record = clean_model(data, config, encoder=encoder, max_length=max_length, cache=False,
                                      progress=progress, splits=splits)
     run = {"command": "train", "data": data.model_dump(), "train": config.model_dump(), "encoder": victim.source,
            "max_length": max_length}
     victim.save(out, overwrite, {"metrics.json": record, "run.json": run, "train.log": "\n".join(lines) + "\n"})
-    return record
+    return record, trained_text(record, out)
 
 
 def trained_text(record: dict, out: Path) -> str:
