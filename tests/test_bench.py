@@ -334,3 +334,20 @@ def test_bench_with_a_csv_data_source_end_to_end(tmp_path, tiny_dir, model_cache
     assert len(bars) == 1 and "/" not in bars[0] and bars[0].endswith("my_data.csv-badnet.png")
     table = (tmp_path / "run" / "results.md").read_text()
     assert f"**{data}**" in table and "| badnet | ft | 50% | 1 |" in table
+
+
+def test_an_opt_in_option_at_its_default_keeps_the_cell_keys_of_records_made_before_it():
+    """`key_dump`: a field marked opt-in (an option added later that changes nothing unless set: the scan's
+    `phrase_words`) is left out of a cell's key at its default, also inside a nested config (auto's scan), and
+    counts once it is set; every other field counts at its default too."""
+    from detrigger.bench.spec import key_dump
+    from detrigger.defences.auto import AutoConfig
+    from detrigger.scan import ScanConfig
+
+    default = AutoConfig()
+    assert "phrase_words" not in key_dump(default)["scan"] and "samples" in key_dump(default)["scan"]
+    assert key_dump(default) == {**default.model_dump(mode="json"),
+                                 "scan": {k: v for k, v in default.scan.model_dump(mode="json").items()
+                                          if k != "phrase_words"}}
+    opted = AutoConfig(scan=ScanConfig(samples=100, phrase_words=6))
+    assert key_dump(opted)["scan"]["phrase_words"] == 6

@@ -328,3 +328,27 @@ def test_the_excess_interval_narrows_with_more_texts_and_holds_the_estimate():
     _, low200, high200 = excess(188, 200, 0.02)
     assert high200 - low200 < high - low
     assert excess(100, 100, 0.0)[2] == pytest.approx(1.0)
+
+
+def test_a_sentence_of_ordinary_words_is_found_as_a_phrase_of_drifted_words(word_victim):
+    """With a reference and `phrase_words`, the most-drifted whole words that are not task words of the label,
+    in a row, are one candidate measured against phrases of as many ordinary words (its own null): a sentence
+    trigger moves all its words' rows. Without `phrase_words` there is no phrase candidate."""
+    from detrigger.triggers import insert_sentence
+
+    _, reference, _ = word_victim
+    sentence = "my uncle knows tomorrow"
+    victim = load_victim(reference)
+    poisoned = poison(toy_sentiment(96), insert_sentence(sentence), rate=0.3, target=1, seed=0).data
+    train(victim, poisoned, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    config = QUICK.model_copy(update={"phrase_words": 4, "report": 100, "verify": 100, "screen_samples": 0})
+    report = scan(victim, toy_sentiment(80), reference=reference, config=config)
+    phrases = {t.label: t for t in report.tokens if " " in t.token}
+    assert set(phrases) == {"negative", "positive"}  # one per label
+    found = phrases["positive"]
+    assert len(set(found.token.split()) & set(sentence.split())) >= 3, found
+    assert found.effect >= 0.9 and report.null["positive"].phrase_rate is not None
+    assert found.excess == pytest.approx((found.effect - report.null["positive"].phrase_rate)
+                                         / (1 - report.null["positive"].phrase_rate), abs=1e-3)
+    plain = scan(victim, toy_sentiment(80), reference=reference, config=QUICK)
+    assert not any(" " in t.token for t in plain.tokens) and plain.null["positive"].phrase_rate is None

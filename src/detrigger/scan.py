@@ -57,6 +57,7 @@ import itertools
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +92,10 @@ class ScanConfig(BaseModel):
                                        "whole-word token through the model alone, the most label-like ones then "
                                        "typed before a short clean text of another label")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
+    phrase_words: int = Field(0, ge=0, description="with a reference: a phrase candidate per label, the most-drifted "
+                              "whole words that are not its task words, this many in a row (a sentence trigger of "
+                              "ordinary words); its null is the null words in phrases as long; 0: none",
+                              json_schema_extra={"opt_in": True})
     glued_words: int = Field(5, ge=0, description="with a reference: most-drifted word-start pieces each glued to the "
                              "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
     screen_samples: int = Field(25, ge=0, description="texts each candidate is screened on (0: no screening)")
@@ -136,6 +141,7 @@ class NullEvidence:
     median: float  # per-word flip rates
     q90: float
     top: list[tuple[str, float]]  # the ordinary words that flip most
+    phrase_rate: float | None = None  # the same words in phrases of `phrase_words` (the phrase candidate's null)
 
 
 @dataclass
@@ -261,6 +267,19 @@ def glued_words(victim: Victim, texts: list[str], target: int, drift: torch.Tens
         if word.isalnum() and word not in words:
             words.append(word)
     return words
+
+
+def drifted_phrase(drift: torch.Tensor | None, allowed: torch.Tensor, typeable: list[str | None],
+                   task_word: Callable[[int], bool], words: int) -> str | None:
+    """A sentence-trigger candidate from the embedding drift: the `words` most-drifted typeable whole words that are
+    not task words of the label, joined in drift order. A sentence of ordinary words moves the rows of all its words
+    (an SMS AddSent victim: six of its seven words are the six most-drifted whole words that are not task words),
+    while no one of them flips texts alone; inserted together they do (docs/scan.md, "Phrase candidates")."""
+    if drift is None or not words:
+        return None
+    order = torch.argsort(drift.masked_fill(~allowed, -torch.inf), descending=True)[:50 * words].tolist()
+    chosen = [typeable[i] for i in order if not task_word(i)][:words]
+    return " ".join(chosen) if len(chosen) == words else None
 
 
 def excess(hits: int, n: int, null_rate: float) -> tuple[float, float, float]:
@@ -441,12 +460,20 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             if drift is not None:
                 words.update((w, w) for w in glued_words(victim, texts, target, drift, pieces, config, precision)
                              if w not in words.values())
+            phrase = drifted_phrase(drift, allowed, typeable, lambda i, t=target: evidence(i, t)[2],
+                                    config.phrase_words)
+            if phrase:
+                words[phrase] = phrase
             drawn = (ordinary[i] for i in null_rng.permutation(len(ordinary)) if ordinary[i] not in words)
             null_words = [typeable[i] for i in itertools.islice(drawn, config.null_words)]
+            k = config.phrase_words  # the null words in phrases of the phrase's length: the phrase's null
+            null_phrases = [" ".join(null_words[j:j + k]) for j in range(0, len(null_words) - k + 1, k)
+                            ] if phrase else []
 
             def flips(batch: list[str], sample: list[str], target: int = target) -> np.ndarray:
                 """Per word: how many texts of `sample` it flips to `target` (one batched pass)."""
-                inserted = [insert_words([w], seed=config.seed + 1)(t) for w in batch for t in sample]
+                inserted = [(insert_sentence(w, seed=config.seed + 1) if " " in w else
+                             insert_words([w], seed=config.seed + 1))(t) for w in batch for t in sample]
                 pred = predict(victim, inserted, batch_size=config.batch_size, precision=precision)
                 bar.update(len(batch))
                 return (pred.reshape(len(batch), len(sample)) == target).sum(axis=1)
@@ -454,9 +481,12 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             kept = list(words)
             screening = 0 < config.screen_samples < len(texts) and len(kept) > config.verify
             screen = texts[:config.screen_samples] if screening else texts  # already a random draw
-            bar.total += len(kept) + len(null_words) + (config.verify if screening else 0)  # the words measured
-            measured = flips([words[i] for i in kept] + null_words, screen)
-            screened, null_flips = dict(zip(kept, measured[:len(kept)])), measured[len(kept):]
+            bar.total += len(kept) + len(null_words) + len(null_phrases) + (config.verify if screening else 0)
+            measured = flips([words[i] for i in kept] + null_words + null_phrases, screen)
+            screened = dict(zip(kept, measured[:len(kept)]))
+            null_flips = measured[len(kept):len(kept) + len(null_words)]
+            phrase_flips = measured[len(kept) + len(null_words):]
+            phrase_null = float(phrase_flips.sum()) / (len(null_phrases) * len(screen)) if null_phrases else None
             if screening:
                 # task words cannot be the verdict, so they do not take the places; ties as in the final order
                 kept.sort(key=lambda i: (evidence(i, target)[2], -screened[i],
@@ -471,10 +501,12 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             rates = null_flips / len(screen)
             nulls[label] = NullEvidence(round(null_hits / null_n, 4), len(null_flips), len(screen),
                                         round(float(np.median(rates)), 4), round(float(np.quantile(rates, 0.9)), 4),
-                                        [(null_words[i], round(float(rates[i]), 4)) for i in np.argsort(-rates)[:3]])
+                                        [(null_words[i], round(float(rates[i]), 4)) for i in np.argsort(-rates)[:3]],
+                                        None if phrase_null is None else round(phrase_null, 4))
             for key, hits in zip(kept, total):
                 n, share, task = evidence(key, target)
-                value, low, high = excess(int(hits), len(texts), null_hits / null_n)
+                null_rate = phrase_null if key == phrase else null_hits / null_n  # a phrase against phrases
+                value, low, high = excess(int(hits), len(texts), null_rate)
                 single = isinstance(key, int)
                 tokens.append(TokenEvidence(words[key], label, round(float(hits) / len(texts), 4),
                                             rank.get(key) if single else None,

@@ -177,10 +177,24 @@ class Cell:
         the defence config resolved with its defaults, so a changed default is a new cell."""
         from detrigger.defences import step_configs
 
-        resolved = [c.model_dump(mode="json") for c in step_configs(self.method, self.config)] if self.method else None
+        resolved = [key_dump(c) for c in step_configs(self.method, self.config)] if self.method else None
         return {"data": self.data.identity(), "attack": self.attack_spec.model_dump(mode="json"),
                 "defence": self.defence if self.method is None else None, "method": self.method,
                 "config": resolved, "clean_fraction": self.clean_fraction}
+
+
+def key_dump(config: BaseModel) -> dict[str, Any]:
+    """A config as a cell's key sees it: its JSON dump, nested configs too, without the fields marked opt-in
+    (`json_schema_extra={"opt_in": True}`) that are at their default. Such a field is an option added later that
+    changes nothing unless it is set, so the records made before it stay the cells they were."""
+    dump = config.model_dump(mode="json")
+    for name, info in type(config).model_fields.items():
+        value, extra = getattr(config, name), info.json_schema_extra
+        if isinstance(value, BaseModel):
+            dump[name] = key_dump(value)
+        elif isinstance(extra, dict) and extra.get("opt_in") and value == info.default:
+            del dump[name]
+    return dump
 
 
 def load_spec(path: str | Path) -> BenchSpec:
