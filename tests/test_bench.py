@@ -336,18 +336,17 @@ def test_bench_with_a_csv_data_source_end_to_end(tmp_path, tiny_dir, model_cache
     assert f"**{data}**" in table and "| badnet | ft | 50% | 1 |" in table
 
 
-def test_an_opt_in_option_at_its_default_keeps_the_cell_keys_of_records_made_before_it():
-    """`key_dump`: a field marked opt-in (an option added later that changes nothing unless set: the scan's
-    `phrase_words`) is left out of a cell's key at its default, also inside a nested config (auto's scan), and
-    counts once it is set; every other field counts at its default too."""
+def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records_made_before_it():
+    """`key_dump`: a field marked with a neutral value (what the code did before the field existed: the scan's
+    `phrase_words` 0) is left out of a cell's key at that value, also inside a nested config (auto's scan), so the
+    records made before it stay valid; any other value, its default included, is in the key (a new cell)."""
     from detrigger.bench.spec import key_dump
     from detrigger.defences.auto import AutoConfig
     from detrigger.scan import ScanConfig
 
     default = AutoConfig()
-    assert "phrase_words" not in key_dump(default)["scan"] and "samples" in key_dump(default)["scan"]
-    assert key_dump(default) == {**default.model_dump(mode="json"),
-                                 "scan": {k: v for k, v in default.scan.model_dump(mode="json").items()
-                                          if k != "phrase_words"}}
-    opted = AutoConfig(scan=ScanConfig(samples=100, phrase_words=6))
-    assert key_dump(opted)["scan"]["phrase_words"] == 6
+    assert default.scan.phrase_words == 6 and key_dump(default)["scan"]["phrase_words"] == 6
+    before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0))
+    assert key_dump(before) == {**before.model_dump(mode="json"),
+                                "scan": {k: v for k, v in before.scan.model_dump(mode="json").items()
+                                         if k != "phrase_words"}}

@@ -204,8 +204,8 @@ def test_excess_is_the_flip_rate_on_a_model_where_ordinary_words_flip_nothing():
     assert excess(150, 200, 0.0)[0] == pytest.approx(0.75)
     assert excess(150, 200, 0.5)[0] == pytest.approx(0.5)  # half of what ordinary words leave unflipped
     assert excess(0, 200, 0.3)[0] < 0  # flips less than an ordinary word
-    value, low_many = excess(190, 200, 0.1)
-    _, low_few = excess(19, 20, 0.1)
+    value, low_many, _ = excess(190, 200, 0.1)
+    _, low_few, _ = excess(19, 20, 0.1)
     assert low_few < low_many < value  # fewer texts, a wider interval
 
 
@@ -333,7 +333,7 @@ def test_the_excess_interval_narrows_with_more_texts_and_holds_the_estimate():
 def test_a_sentence_of_ordinary_words_is_found_as_a_phrase_of_drifted_words(word_victim):
     """With a reference and `phrase_words`, the most-drifted whole words that are not task words of the label,
     in a row, are one candidate measured against phrases of as many ordinary words (its own null): a sentence
-    trigger moves all its words' rows. Without `phrase_words` there is no phrase candidate."""
+    trigger moves all its words' rows. With `phrase_words` 0 there is no phrase candidate."""
     from detrigger.triggers import insert_sentence
 
     _, reference, _ = word_victim
@@ -350,5 +350,5 @@ def test_a_sentence_of_ordinary_words_is_found_as_a_phrase_of_drifted_words(word
     assert found.effect >= 0.9 and report.null["positive"].phrase_rate is not None
     assert found.excess == pytest.approx((found.effect - report.null["positive"].phrase_rate)
                                          / (1 - report.null["positive"].phrase_rate), abs=1e-3)
-    plain = scan(victim, toy_sentiment(80), reference=reference, config=QUICK)
+    plain = scan(victim, toy_sentiment(80), reference=reference, config=QUICK.model_copy(update={"phrase_words": 0}))
     assert not any(" " in t.token for t in plain.tokens) and plain.null["positive"].phrase_rate is None

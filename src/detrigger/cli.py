@@ -350,7 +350,7 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         add("model", help="model folder (safetensors)")
         add("--clean", required=True, help="labelled clean data: a built-in corpus (its validation split) or a file")
         add("--reference", help="pre-trained encoder folder: adds embedding-drift evidence")
-        add_fields(p, ScanConfig, "samples", "candidates", "rounds", "threshold")
+        add_fields(p, ScanConfig, "samples", "candidates", "rounds", "phrase_words", "threshold")
     elif command == "filter":
         from detrigger.filters import FILTERS, FilterOptions
 

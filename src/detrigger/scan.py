@@ -92,10 +92,10 @@ class ScanConfig(BaseModel):
                                        "whole-word token through the model alone, the most label-like ones then "
                                        "typed before a short clean text of another label")
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
-    phrase_words: int = Field(0, ge=0, description="with a reference: a phrase candidate per label, the most-drifted "
+    phrase_words: int = Field(6, ge=0, description="with a reference: a phrase candidate per label, the most-drifted "
                               "whole words that are not its task words, this many in a row (a sentence trigger of "
                               "ordinary words); its null is the null words in phrases as long; 0: none",
-                              json_schema_extra={"opt_in": True})
+                              json_schema_extra={"neutral": 0})  # 0: the scan before phrases (bench keys)
     glued_words: int = Field(5, ge=0, description="with a reference: most-drifted word-start pieces each glued to the "
                              "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
     screen_samples: int = Field(25, ge=0, description="texts each candidate is screened on (0: no screening)")

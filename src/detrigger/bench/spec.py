@@ -184,15 +184,16 @@ class Cell:
 
 
 def key_dump(config: BaseModel) -> dict[str, Any]:
-    """A config as a cell's key sees it: its JSON dump, nested configs too, without the fields marked opt-in
-    (`json_schema_extra={"opt_in": True}`) that are at their default. Such a field is an option added later that
-    changes nothing unless it is set, so the records made before it stay the cells they were."""
+    """A config as a cell's key sees it: its JSON dump, nested configs too, without a field added later that is at
+    its neutral value (`json_schema_extra={"neutral": value}`: the value that does what the code did before the
+    field existed). Records made before such a field stay the cells they were, and any other value, the
+    default included, is a new cell."""
     dump = config.model_dump(mode="json")
     for name, info in type(config).model_fields.items():
         value, extra = getattr(config, name), info.json_schema_extra
         if isinstance(value, BaseModel):
             dump[name] = key_dump(value)
-        elif isinstance(extra, dict) and extra.get("opt_in") and value == info.default:
+        elif isinstance(extra, dict) and "neutral" in extra and value == extra["neutral"]:
             del dump[name]
     return dump
 
