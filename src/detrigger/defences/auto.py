@@ -4,8 +4,10 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
 
 1. Scan the suspect on all the defender's clean texts (with the reference encoder when there is one that
    fits the model), at 100 texts per label for time; a verdict within those texts' sampling noise of the
-   threshold (`ScanReport.undecided`) is taken again at the 200 the threshold was calibrated at. No evidence:
-   the model is returned unchanged (a repair that cannot be aimed only costs accuracy).
+   threshold (`ScanReport.undecided`) is taken again at the 200 the threshold was calibrated at. With the
+   reference the scan's candidates include a phrase of the most-drifted words per label (a sentence trigger of
+   ordinary words), unlearned like a word. No evidence: the model is returned unchanged (a repair that cannot
+   be aimed only costs accuracy).
 2. Candidates are evidence, not truth. A scanned token is unlearned only if its excess flip rate (the
    share of texts that ordinary words of the clean texts leave unflipped which it flips) reaches
    `min_excess` (0.80, below the scan's flagging threshold: it applies to a flagged model only) and it is
@@ -24,10 +26,9 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
 5. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
    with the reference (Fine-mixing's random mask, keeping rho of w_B - w_P) before the first unlearning, for
    what a word-level scan cannot name: the other words of a sentence trigger keep part of AddSent's
-   backdoor once the word the scan found is unlearned alone. Measured cost on a flagged model: −0.5 to +0.8
-   CACC points against unlearning alone (means per attack, small MR grid), 2.0 with 2,000 clean texts (none on
-   a model without evidence, which is left unchanged); None turns it off, and without
-   a reference that fits the model it cannot run (docs/defences.md, "auto").
+   backdoor once the word the scan found is unlearned alone (the phrase candidates now name most of it; the
+   measured cost of both: docs/defences.md, "auto"). A model without evidence is left unchanged; None turns
+   it off, and without a reference that fits the model it cannot run.
 
 Every choice (the candidates kept and set aside, and why; each round's data, accuracy and scan) is in the
 report's details: `scan_before` / `scan_after` (verdict, score, target label, tokens) and `rounds`.
