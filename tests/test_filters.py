@@ -287,7 +287,7 @@ def test_real_minilm_badnet_victim(mr):
     victim = new_victim(mr.label_names, max_length=48, seed=0)
     train(victim, poison(mr.select(range(240)), CF, rate=0.15, target=1, seed=0).data, None,
           TrainConfig(epochs=3, lr=1e-4, batch_size=16), progress=False)
-    clean, test = mr.select(range(300, 420)), mr.select(range(420, 540))
+    clean, test = mr.select(range(300, 400)), mr.select(range(400, 480))  # BKI runs every text without each word
     for method in ("strip", "rap", "bki", "onion"):
         corpus = list(mr.texts[1000:4000]) if method == "onion" else []
         config = {"frr": 0.1, **({"copies": 4, "batch_size": 64} if method == "strip" else {})}

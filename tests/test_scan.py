@@ -306,14 +306,14 @@ def test_a_real_ep_victims_trigger_ranks_first(tmp_path):
                           clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
                           cache=False, progress=False)
     assert attack.metrics.asr > 0.9  # the attack worked, or the test would prove nothing
-    # the gradient and the drift are under test here (the vocabulary pass has its own tests): without the pass,
-    # this test's three scans fit the suite's time budget
-    config = ScanConfig(samples=40, candidates=5, vocabulary_candidates=0, reference_candidates=5, screen_samples=20,
-                        verify=3)
+    # the gradient and the drift are under test here (the vocabulary pass and the glued words have their own
+    # tests): without them, this test's three scans fit the suite's time budget
+    config = ScanConfig(samples=40, candidates=5, vocabulary_candidates=0, reference_candidates=5, glued_words=0,
+                        screen_samples=20, verify=3)
     val = load_splits(data).val
     with_ref = scan(attack.victim, val, reference=default_encoder_path(), config=config)
     assert with_ref.tokens[0].token == "cf" and with_ref.target_label == "positive"
-    assert with_ref.tokens[0].drift_score == max(t.drift_score or 0.0 for t in with_ref.tokens)  # glued: None
+    assert with_ref.tokens[0].drift_score == max(t.drift_score or 0.0 for t in with_ref.tokens)  # a phrase: None
     without = scan(attack.victim, val, config=config)
     assert without.tokens[0].token == "cf" and without.verdict == "backdoored"
     clean = scan(attack.clean, val, config=config)
