@@ -166,16 +166,21 @@ class ScanReport:
         return asdict(self)
 
     @property
+    def best(self) -> TokenEvidence | None:
+        """The candidate the verdict rests on: the first that is not a task word."""
+        return next((t for t in self.tokens if not t.task_word), None)
+
+    @property
     def undecided(self) -> bool:
         """The verdict is within the sampling noise of these texts: the best candidate's 90% interval of the
         excess holds the threshold, so more clean texts could turn it (`auto` then scans at the calibration's)."""
-        top = next((t for t in self.tokens if not t.task_word), None)
+        top = self.best
         return top is not None and top.excess_low < self.threshold <= top.excess_high
 
     def text(self) -> str:
         lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})"]
         lines += [f"  warning, {label}: {why}" for label, why in self.warnings.items()]
-        top = next((t for t in self.tokens if not t.task_word), None)
+        top = self.best
         null = self.null.get(top.label) if top else None
         if top is not None and null is not None:
             lines.append(f"  inserting {top.token!r} flips {100 * top.effect:.1f}% of {self.n_samples[top.label]} "
