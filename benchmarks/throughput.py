@@ -3,9 +3,12 @@
 Trains the embedded MiniLM-L6 on the same real MR sentences, one epoch each, and prints:
   (a) useful (non-pad) tokens per second of detrigger's training loop,
   (b) the same for `transformers.Trainer` with its common default set-up (DataCollatorWithPadding,
-      random batches, default optimiser), and the ratio a/b,
+      random batches, default optimiser: fused AdamW in transformers 5), and the ratio a/b,
+  (b') the same Trainer with its speed option for this work on: length-grouped batches
+      (`train_sampling_strategy="group_by_length"`), the strongest peer set-up (issue 21), and a/b',
   (c) model FLOPs per second of (a) as a fraction of a matmul peak measured here in the same precision.
-Targets (issue 2): a/b >= 1.5 and (c) >= 60%. Run: `make bench` or `.venv/bin/python benchmarks/throughput.py`.
+Targets: a/b >= 1.5 and (c) >= 60% (issue 2), a/b' >= 1.3 (issue 21).
+Run: `make bench` or `.venv/bin/python benchmarks/throughput.py`.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ def run_detrigger(texts, labels, names, max_length, batch_size, precision):
     return result.tokens, result.train_seconds
 
 
-def run_hf_trainer(texts, labels, names, max_length, batch_size, precision):
-    """The common Trainer set-up: tokenise with truncation, DataCollatorWithPadding, defaults elsewhere."""
+def run_hf_trainer(texts, labels, names, max_length, batch_size, precision, grouped=False):
+    """The common Trainer set-up: tokenise with truncation, DataCollatorWithPadding, defaults elsewhere;
+    `grouped`: batches of similar lengths (`train_sampling_strategy="group_by_length"`)."""
     import datasets
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -72,7 +76,7 @@ def run_hf_trainer(texts, labels, names, max_length, batch_size, precision):
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size, num_train_epochs=1,
                                  learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
                                  bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(), seed=0,
-                                 disable_tqdm=True)
+                                 disable_tqdm=True, train_sampling_strategy="group_by_length" if grouped else "random")
         trainer = Trainer(model=victim.model, args=args, train_dataset=ds,
                           data_collator=DataCollatorWithPadding(tok))
         start = time.perf_counter()
@@ -102,7 +106,9 @@ def main() -> None:
 
     ours_tokens, ours_s = run_detrigger(texts, labels, names, args.max_length, args.batch_size, args.precision)
     hf_tokens, hf_s = run_hf_trainer(texts, labels, names, args.max_length, args.batch_size, args.precision)
-    assert ours_tokens == hf_tokens, (ours_tokens, hf_tokens)  # same useful work on both sides
+    grouped_tokens, grouped_s = run_hf_trainer(texts, labels, names, args.max_length, args.batch_size,
+                                               args.precision, grouped=True)
+    assert ours_tokens == hf_tokens == grouped_tokens, (ours_tokens, hf_tokens, grouped_tokens)  # same useful work
 
     from detrigger import new_victim
     from detrigger.batching import encode
@@ -110,19 +116,23 @@ def main() -> None:
     victim = new_victim(names, max_length=args.max_length)
     lengths = [len(x) for x in encode(victim.tokenizer, texts, args.max_length)]
     flops = training_flops(victim.model.config, lengths)
-    ours_tps, hf_tps = ours_tokens / ours_s, hf_tokens / hf_s
+    ours_tps, hf_tps, grouped_tps = ours_tokens / ours_s, hf_tokens / hf_s, grouped_tokens / grouped_s
     mfu = flops / ours_s / 1e9 / peak
     figures = {
         "examples": len(texts), "useful_tokens": ours_tokens, "precision": args.precision,
         "detrigger_tokens_per_s": round(ours_tps, 1), "detrigger_seconds": round(ours_s, 2),
         "hf_trainer_tokens_per_s": round(hf_tps, 1), "hf_trainer_seconds": round(hf_s, 2),
         "speedup_vs_trainer": round(ours_tps / hf_tps, 2),
+        "hf_trainer_grouped_tokens_per_s": round(grouped_tps, 1), "hf_trainer_grouped_seconds": round(grouped_s, 2),
+        "speedup_vs_grouped_trainer": round(ours_tps / grouped_tps, 2),
         "matmul_peak_gflops": round(peak, 1), "model_gflops_per_s": round(flops / ours_s / 1e9, 1),
         "fraction_of_peak": round(mfu, 3),
     }
     print(f"(a) detrigger loop : {ours_tps:8.1f} useful tokens/s  ({ours_s:.1f} s)")
     print(f"(b) HF Trainer     : {hf_tps:8.1f} useful tokens/s  ({hf_s:.1f} s)   ratio a/b = "
           f"{ours_tps / hf_tps:.2f}  (target >= 1.5)")
+    print(f"(b') HF Trainer, length-grouped: {grouped_tps:8.1f} useful tokens/s  ({grouped_s:.1f} s)   ratio a/b' = "
+          f"{ours_tps / grouped_tps:.2f}  (target >= 1.3)")
     print(f"(c) model FLOPs    : {flops / ours_s / 1e9:8.1f} GFLOP/s = {100 * mfu:.1f}% of the matmul peak "
           f"(target >= 60%)")
     if args.json:

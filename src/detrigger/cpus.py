@@ -25,6 +25,6 @@ def cpus_given() -> int:
 def thread_env(threads: int | None) -> None:
     """Set OMP_NUM_THREADS, which torch reads when it is imported, to `threads`, else leave the user's value,
     else the CPUs given. More threads than CPUs make torch's spinning workers fight over the cores
-    (benchmarks/concurrent.py)."""
+    (benchmarks/concurrent_jobs.py)."""
     if threads is not None or "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads or cpus_given())

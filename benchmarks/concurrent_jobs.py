@@ -8,7 +8,7 @@ the `detrigger` entry point's thread rule) alone, then two at once, under each t
   - `taskset half`: each job pinned to its own half of the cores, and so given that many threads by the
     entry point's rule (affinity mask -> threads).
 Prints texts/s per job, and each concurrent job's speed as a share of the job alone (ideal: 1/2).
-Run: `.venv/bin/python benchmarks/concurrent.py` on an otherwise idle machine.
+Run: `.venv/bin/python benchmarks/concurrent_jobs.py` on an otherwise idle machine.
 """
 
 from __future__ import annotations
