@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from detrigger.argfields import add_fields, arg_kind, fraction_or_count, given, typed
+from detrigger.argfields import POSITIONAL, add_fields, arg_kind, fraction_or_count, given, typed
 from detrigger.errors import DetriggerError
 
 
@@ -48,3 +48,19 @@ def test_options_from_fields_and_back():
         typed(Options, p.parse_args(["--name", "n", "--rate", "2"]))
     with pytest.raises(SystemExit):  # a required field is a required option
         p.parse_args([])
+
+
+class Command(BaseModel):
+    model: str = Field(description="a model", json_schema_extra=POSITIONAL)
+    models: tuple[str, ...] = Field(description="more models", json_schema_extra=POSITIONAL)
+    out: str | None = Field(None, description="a folder")
+
+
+def test_positional_fields_are_arguments():
+    p = argparse.ArgumentParser()
+    add_fields(p, Command)
+    assert " ".join(p.format_usage().split()).endswith("[--out OUT] model models [models ...]")
+    o = typed(Command, p.parse_args(["m", "a", "b", "--out", "o"]))
+    assert (o.model, o.models, o.out) == ("m", ("a", "b"), "o")
+    with pytest.raises(SystemExit):  # a positional field is required
+        p.parse_args(["--out", "o"])

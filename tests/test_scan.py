@@ -352,3 +352,20 @@ def test_a_sentence_of_ordinary_words_is_found_as_a_phrase_of_drifted_words(word
                                          / (1 - report.null["positive"].phrase_rate), abs=1e-3)
     plain = scan(victim, toy_sentiment(80), reference=reference, config=QUICK.model_copy(update={"phrase_words": 0}))
     assert not any(" " in t.token for t in plain.tokens) and plain.null["positive"].phrase_rate is None
+
+
+def test_a_crash_is_exit_status_2_never_a_verdict(word_victim, tmp_path, monkeypatch, caplog):
+    """A scan that fails with an unexpected exception exits 2 (error), never 1 (flagged), with the traceback."""
+    from detrigger import scan as scan_module
+    from detrigger.cli import main
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    _, _, folder = word_victim
+    data = tmp_path / "clean.jsonl"
+    ds = toy_sentiment(20)
+    data.write_text("\n".join(json.dumps({"text": t, "label": ds.label_names[y]}) for t, y in zip(ds.texts, ds.labels)))
+    monkeypatch.setattr(scan_module, "scan", crash)
+    assert main(["scan", str(folder), "--clean", str(data), "--no-progress"]) == 2
+    assert "internal error" in caplog.text and "out of memory" in caplog.text

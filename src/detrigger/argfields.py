@@ -2,9 +2,10 @@
 
 An option per model field (`add_fields`): its flag from the field's name, its kind from the field's type, its
 metavar from the title and its help from the description and default, so a config's defaults and help live in
-one place, the model. The parser leaves an option not given as None, so the model's default applies, and
-pydantic checks the values when `typed` builds the config. Nothing here knows detrigger's commands: it is the
-adapter the CLI uses, kept apart from it (floor 0: it imports only `errors`)."""
+one place, the model; a field marked `POSITIONAL` is an argument without a flag. The parser leaves an option not
+given as None, so the model's default applies, and pydantic checks the values when `typed` builds the config.
+Nothing here knows detrigger's commands: it is the adapter the CLI uses, kept apart from it (floor 0: it imports
+only `errors`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from types import UnionType
 from typing import Literal, Union, get_args, get_origin
 
 from detrigger.errors import DetriggerError, invalid
+
+POSITIONAL = {"positional": True}  # a field's json_schema_extra: an argument without a flag (`add_fields`)
 
 
 def fraction_or_count(value: str) -> float | int:
@@ -43,20 +46,22 @@ def arg_kind(annotation) -> dict:
 
 def add_fields(p: argparse.ArgumentParser, model: type, *names: str, flag: str | None = None, help: str = "{}",
                **kw) -> None:
-    """An option per field of a config model (every field if none is named), `--field-name` (or `flag`): its kind
-    from the type, its metavar from the title, its help (`help` with `{}` for it) from the description and the
-    default; not given: None, the field's default; one made already is left. The parser records the fields it made,
-    which `given` reads."""
+    """An option per field of a config model (every field if none is named), `--field-name` (or `flag`; a
+    `POSITIONAL` field is an argument): its kind from the type, its metavar from the title, its help (`help` with
+    `{}` for it) from the description and the default; not given: None, the field's default; one made already is
+    left. The parser records the fields it made, which `given` reads."""
     made = p.get_default("fields") or {}
     names = [n for n in names or model.model_fields if n not in made.get(model.__name__, ())]
     for name in names:
         info = model.model_fields[name]
         default = None if info.is_required() or info.default is False else info.default
         value = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        text = info.description if value is None else f"{info.description} (default {value})"
+        text = help.format(info.description if value is None else f"{info.description} (default {value})")
         kind = arg_kind(info.annotation) | ({"metavar": info.title} if info.title else {}) | kw
-        p.add_argument(flag or "--" + name.replace("_", "-"), dest=name, default=None, required=info.is_required(),
-                       help=help.format(text).replace("%", "%%"), **kind)
+        option = {} if info.json_schema_extra == POSITIONAL else {"dest": name, "default": None,
+                                                                  "required": info.is_required()}
+        p.add_argument((flag or "--" + name.replace("_", "-")) if option else name, help=text.replace("%", "%%"),
+                       **option, **kind)
     p.set_defaults(fields={**made, model.__name__: (*made.get(model.__name__, ()), *names)})
 
 

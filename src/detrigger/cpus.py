@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+from detrigger.errors import DetriggerError
+
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
@@ -26,5 +28,7 @@ def thread_env(threads: int | None) -> None:
     """Set OMP_NUM_THREADS, which torch reads when it is imported, to `threads`, else leave the user's value,
     else the CPUs given. More threads than CPUs make torch's spinning workers fight over the cores
     (benchmarks/concurrent_jobs.py)."""
+    if threads is not None and threads < 1:
+        raise DetriggerError(f"--threads must be at least 1, got {threads}")
     if threads is not None or "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads or cpus_given())

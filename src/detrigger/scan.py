@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from detrigger.argfields import POSITIONAL
 from detrigger.batching import collate, encode
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, fast_bf16
@@ -113,6 +114,17 @@ class ScanConfig(BaseModel):
         "auto", description="auto: bf16 where the hardware runs it natively (about 2x on such a CPU), else fp32")
     seed: int = 0
     batch_size: int = Field(128, ge=1)
+
+
+class ScanOptions(BaseModel):
+    """What `detrigger scan` is given besides the config and how to load the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="model folder (safetensors), hub id or LoRA adapter folder",
+                       json_schema_extra=POSITIONAL)
+    clean: str = Field(description="labelled clean data: a built-in corpus (its validation split) or a file")
+    reference: str | None = Field(None, description="pre-trained encoder folder: adds embedding-drift evidence")
 
 
 @dataclass

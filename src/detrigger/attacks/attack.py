@@ -41,7 +41,7 @@ from detrigger.attacks.embedding import embedding_poison, embedding_surgery
 from detrigger.attacks.poison import LabelMode, Poisoned, add_negatives, poison, triggered_copies
 from detrigger.attacks.ripple import RestrictedInnerProduct
 from detrigger.attacks.tokens import check_trigger_tokens
-from detrigger.data import DataSpec, Splits, load_splits
+from detrigger.data import SOURCE, DataSpec, Splits, load_splits
 from detrigger.errors import DetriggerError, invalid
 from detrigger.evaluation.metrics import Metrics, evaluate
 from detrigger.io import locked
@@ -264,9 +264,13 @@ def attack_spec(given: dict[str, Any], training: dict[str, Any]) -> AttackSpec:
 
 
 class BuildOptions(BaseModel):
-    """How `build_victim` gets the clean reference model it measures the victim against."""
+    """What `detrigger attack` is given besides the attack spec and the encoder: the data, the victim's folder, and
+    how `build_victim` gets the clean reference model it measures the victim against."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(description=SOURCE)
+    out: str = Field(description="output victim folder (model + attack.json)")
 
     clean_epochs: int = Field(2, description="epochs of the clean reference model")
     clean_lr: float = Field(5e-5, description="learning rate of the clean model")

@@ -14,6 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from detrigger.argfields import POSITIONAL
 from detrigger.bench.records import CellRecord, cell_key, load_records
 from detrigger.bench.spec import BASELINES, BenchSpec
 from detrigger.errors import DetriggerError
@@ -58,15 +61,24 @@ def write_report(run_dir: str | Path, title: str | None = None) -> str:
     return table
 
 
-def rebuild_report(run_dir: str | Path, into: str | Path | None = None) -> str:
-    """`detrigger report`: the reports of a run folder rebuilt from its records (`write_report`), and with `into`
-    the table put into that document (`splice`); returns the table."""
-    if not Path(run_dir).is_dir():
-        raise DetriggerError(f"{run_dir}: no such run folder")
-    table = write_report(run_dir)
-    if into:
-        splice(into, run_dir, table)
-    return table
+class ReportOptions(BaseModel):
+    """What `detrigger report` is given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_dir: str = Field(description="the folder given to bench --out", json_schema_extra=POSITIONAL)
+    into: str | None = Field(None, title="DOC", description="also put the table into this Markdown file between its "
+                             "'<!-- detrigger report RUN_DIR -->' and '<!-- /detrigger report -->' markers")
+
+    def run(self) -> str:
+        """The reports of the run folder rebuilt from its records (`write_report`), and with `into` the table put
+        into that document (`splice`); returns the table."""
+        if not Path(self.run_dir).is_dir():
+            raise DetriggerError(f"{self.run_dir}: no such run folder")
+        table = write_report(self.run_dir)
+        if self.into:
+            splice(self.into, self.run_dir, table)
+        return table
 
 
 def run_text(records: dict[str, CellRecord], run_dir: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from detrigger.argfields import POSITIONAL
 from detrigger.attacks.attack import AttackSpec
 from detrigger.data import DataSpec, check_source
 from detrigger.errors import DetriggerError, invalid
@@ -149,7 +150,12 @@ class BenchSpec(_Strict):
 
 
 class RunOptions(_Strict):
-    """How `run_bench` runs a spec's grid now: where, and which part of it."""
+    """What `detrigger bench` is given: the spec, the run folder, and how `run_bench` runs the grid now: where, and
+    which part of it."""
+
+    spec: str = Field(description="experiment spec (YAML): data, attacks, defences, clean_fractions, seeds",
+                      json_schema_extra=POSITIONAL)
+    out: str = Field(description="run folder: one record per cell, results.md/csv/json, plots/")
 
     executor: Literal["local", "ray"] = Field("local", description="local: cells in order in this process; ray: a "
                                               "Ray task per cell")

@@ -15,8 +15,9 @@ from detrigger.data.hf import is_saved_dataset, read_hf
 from detrigger.errors import DetriggerError, invalid
 from detrigger.fingerprint import content_id
 
-__all__ = ["CORPORA", "Corpus", "DataSpec", "Splits", "TextDataset", "check_source", "clean_subset", "corpora_table",
-           "data_spec", "default_part", "describe", "fetch_corpora", "load_data", "load_part", "load_splits", "split"]
+__all__ = ["CORPORA", "SOURCE", "Corpus", "DataSpec", "Splits", "TextDataset", "check_source", "clean_subset",
+           "corpora_table", "data_spec", "default_part", "describe", "fetch_corpora", "load_data", "load_part",
+           "load_splits", "split"]
 
 
 def load_data(source: str | Path, *, text_column: str = "text", label_column: str = "label",
@@ -81,6 +82,7 @@ def load_splits(spec: DataSpec, label_names: Sequence[str] | None = None) -> Spl
 
 
 Part = Literal["train", "val", "test", "all"]
+SOURCE = "a built-in corpus, a file, a saved HF folder or hf:NAME"  # what a data source may be (options' help)
 
 
 def data_spec(source: str, recorded: dict[str, Any] | None = None, **given: Any) -> DataSpec:

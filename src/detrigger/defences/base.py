@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from detrigger.argfields import POSITIONAL
 from detrigger.cost import measure
-from detrigger.data import clean_subset, default_part, load_part
+from detrigger.data import clean_subset
 from detrigger.data.dataset import Splits, TextDataset, split
 from detrigger.errors import DetriggerError, invalid
 from detrigger.io import read_config
@@ -306,8 +307,7 @@ def defender_clean(options: CleanOptions, victim: Victim, **data_options: Any) -
     fraction, count = options.clean_fraction, options.clean_count
     if fraction is not None and count is not None:
         raise DetriggerError("give one of --clean-fraction and --clean-count, not both")
-    pool = load_part(options.clean, default_part(options.clean, "train"), label_names=victim.label_names,
-                     recorded=victim.info.get("data"), **data_options)
+    pool = victim.texts(options.clean, default="train", **data_options)
     whole = fraction is None and count is None
     subset = clean_subset(pool, fraction=1.0 if whole else fraction, count=count, seed=data_options.get("seed") or 0)
     return subset, len(pool)
@@ -316,6 +316,8 @@ def defender_clean(options: CleanOptions, victim: Victim, **data_options: Any) -
 class RepairOptions(CleanOptions):
     """What `detrigger repair` is given besides the suspect and the steps' config fields."""
 
+    victim: str = Field(description="suspect model folder (safetensors), hub id (org/name) or LoRA adapter folder",
+                        json_schema_extra=POSITIONAL)
     method: str = Field("auto", description="a registered defence, or a pipeline joined by + (epur+finemixing)")
     reference: str | None = Field(None, description="the suspect's pre-trained base model folder or hub id, same "
                                   "family and vocabulary (default: a LoRA adapter's base, else the embedded MiniLM-L6)")
@@ -329,6 +331,20 @@ class RepairOptions(CleanOptions):
     def step_config(self, options: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
         """The config file's step configs with `options` and `train` overrides (`options_config`)."""
         return options_config(self.method, read_config(self.config), options, train)
+
+    def run(self, victim: Victim, config: dict[str, Any], *, overwrite: bool = False,
+            say: Callable[[str], Any] | None = None, **data_options: Any) -> tuple[dict[str, Any], str]:
+        """`detrigger repair`: the defender's clean subset (`defender_clean`; `say` is told its size before the
+        work starts), the repair with the step configs `config`, the folder saved. Returns the record and the text
+        the command prints."""
+        clean, pool = defender_clean(self, victim, **data_options)
+        if say:
+            say(self.clean_text(clean, pool, victim))
+        result = repair(victim, clean, method=self.method, reference=self.reference, config=config,
+                        clean_fraction=len(clean) / pool)
+        record = result.save(Path(self.out), suspect=str(Path(self.victim).resolve()), clean_data=self.clean,
+                             ship_purifier=self.ship_purifier, overwrite=overwrite)
+        return record, result.saved_text(record, Path(self.out))
 
     def clean_text(self, clean: TextDataset, pool: int, victim: Victim) -> str:
         """What `detrigger repair` says before it starts: the clean subset's size and share, and that a LoRA

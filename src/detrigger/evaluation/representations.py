@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from detrigger.argfields import POSITIONAL
 from detrigger.batching import bucketed_batches, collate, encode
 from detrigger.data.dataset import TextDataset
+from detrigger.errors import DetriggerError
 from detrigger.models.victim import Victim
 from detrigger.triggers import Trigger
 
@@ -106,20 +108,24 @@ def representation_groups(data: TextDataset, trigger: Trigger, target: int, spli
 
 
 class PictureOptions(BaseModel):
-    """What `detrigger plot representations` is given besides the models: the texts, where the figures go, how many
-    texts per group and the sentence vector."""
+    """What `detrigger plot representations` is given besides the trigger: the models, the texts, where the figures
+    go, how many texts per group and the sentence vector."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    models: tuple[str, ...] = Field(description="model folders (e.g. the victim, an MBTSAD teacher, the repaired "
+                                    "model)", json_schema_extra=POSITIONAL)
     data: str = Field(description="texts: a built-in corpus (its test split) or a file")
     out: str = Field(description="folder for representations-pca.png and representations-tsne.png")
     samples: int = Field(300, description="non-target texts per group")
     pooling: Pooling = Field("cls", description="sentence vector")
 
 
-def draw_picture(models: Mapping[str, Victim], data: TextDataset, trigger: Trigger, target: int,
+def draw_picture(models: Mapping[str, Victim], data: TextDataset, trigger: Trigger | None, target: int,
                  split: Callable[[str, Any], str], options: PictureOptions, seed: int = 0) -> list[Path]:
     """The picture of `options.samples` non-target texts of `data` (`representation_groups`: clean, token-split by
     `split`, triggered) under each model, written into `options.out`; returns the files written."""
+    if trigger is None:
+        raise DetriggerError("give --trigger-word or --trigger-sentence (the first model has no attack card)")
     groups = representation_groups(data, trigger, target, split, samples=options.samples, seed=seed)
     return plot_representations(models, groups, options.out, pooling=options.pooling, seed=seed)

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detrigger.data import Part, data_spec, default_part, load_part
-from detrigger.data.dataset import TextDataset
+from detrigger.argfields import POSITIONAL
+from detrigger.data import Part, data_spec, default_part
 from detrigger.filters.base import (
     FilterConfig,
     evaluate_filter,
@@ -32,11 +32,13 @@ def _field(config: type[FilterConfig], name: str, prefix: str = "", title: str |
 
 
 class FilterOptions(BaseModel):
-    """What `detrigger filter` is given besides the model: the filter, the texts it is fitted on and applied to,
-    the config fields set beside a config file, the texts some filters read, and where the result goes."""
+    """What `detrigger filter` is given: the model, the filter, the texts it is fitted on and applied to, the
+    config fields set beside a config file, the texts some filters read, and where the result goes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    model: str = Field(description="model folder (safetensors), hub id or LoRA adapter folder",
+                       json_schema_extra=POSITIONAL)
     method: str = Field(description="a registered filter (`FILTERS`)")
     clean: str = Field(description="labelled clean data the filter is fitted and its threshold set on: a built-in "
                        "corpus (its validation split) or a file")
@@ -66,28 +68,25 @@ class FilterOptions(BaseModel):
         return options_config(self.method, read_config(self.config), options)
 
 
-def run_filter(victim: Victim, options: FilterOptions, config: dict[str, Any], *, model: str,
-               trigger: Trigger | None = None, target: int | None = None, overwrite: bool = False,
-               progress: bool | None = None, **data_options: Any) -> tuple[dict[str, Any], str]:
-    """`options.method` with `config` (`options.filter_config()`) in front of `victim` (the folder `model`), fitted
+def run_filter(victim: Victim, options: FilterOptions, config: dict[str, Any], trigger: Trigger | None = None,
+               target: int | None = None, *, overwrite: bool = False, progress: bool | None = None,
+               **data_options: Any) -> tuple[dict[str, Any], str]:
+    """`options.method` with `config` (`options.filter_config()`) in front of `victim` (loaded from `model`), fitted
     on the clean texts (a built-in corpus's validation split, held out from the model's training; BKI: with the
     suspect's training texts, ONION: with the n-gram LM's text) and applied to the data's split: FRR and CACC, and
     with a trigger (evaluation only) FAR and ASR; saved into `options.out` if given. Returns the record
     (`filter.json`) and the report's text."""
-    def texts(source: str, part: Part) -> TextDataset:
-        return load_part(source, part, label_names=victim.label_names, recorded=victim.info.get("data"), **data_options)
-
     o = options
     flt = make_filter(o.method, victim, config)
     split = o.split or default_part(o.data, "test")
-    test = texts(o.data, split)
-    corpus = list(texts(o.bki_train, default_part(o.bki_train, "train")).texts) if o.bki_train else []
+    test = victim.texts(o.data, split, **data_options)
+    corpus = list(victim.texts(o.bki_train, default="train", **data_options).texts) if o.bki_train else []
     if o.method == "onion" and not flt.config.lm:  # the n-gram LM's text
         columns = data_spec(o.data, **data_options).model_dump(include={"text_column", "label_column"})
         corpus += lm_corpus(o.lm_text, o.data, split, **columns)
-    flt.fit(texts(o.clean, default_part(o.clean, "val")), corpus=corpus, progress=progress)
+    flt.fit(victim.texts(o.clean, default="val", **data_options), corpus=corpus, progress=progress)
     m, clean_part, poisoned_part = evaluate_filter(flt, test, trigger=trigger, target=target, progress=progress)
-    record = {"model": model, "method": o.method, "clean": o.clean, "data": o.data, "split": split,
+    record = {"model": o.model, "method": o.method, "clean": o.clean, "data": o.data, "split": split,
               "config": flt.config.model_dump(mode="json"), **m.as_dict()}
     out = Path(o.out) if o.out else None
     if out is not None:

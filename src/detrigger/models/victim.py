@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from detrigger.data import Part, TextDataset, default_part, load_part
 from detrigger.device import pick_device
 from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir, write_json
@@ -141,6 +142,12 @@ class Victim:
         if tuple(names) != self.label_names:
             raise DetriggerError(f"{what} labels [{', '.join(names)}] differ from the model's "
                                  f"[{', '.join(self.label_names)}]")
+
+    def texts(self, source: str, part: Part | None = None, default: Part = "test", **data_options: Any) -> TextDataset:
+        """Labelled texts of `source` on the model's labels: `part`, else `default` of a built-in corpus and all of
+        a file, split as recorded with the model (a corpus's test texts stay those it never trained on)."""
+        part = part or default_part(source, default)
+        return load_part(source, part, label_names=self.label_names, recorded=self.info.get("data"), **data_options)
 
     def set_attention(self, implementation: Attention) -> None:
         """Switch attention kernels: `eager` for attention maps (sdpa returns none), `default` back to the
@@ -343,6 +350,16 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
     return Victim(model.eval(), tokenizer, tuple(names),
                   int(meta.get("max_length", DEFAULT_MAX_LENGTH)), meta.get("source", str(path)), meta.get("info", {}),
                   purifier)
+
+
+class EncoderOptions(BaseModel):
+    """The pre-trained encoder a new classifier is built on (`detrigger train` and `attack`), and its input length."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoder: str | None = Field(None, description="pre-trained encoder folder or hub id org/name (offline: only if in "
+                                "the Hugging Face cache; default: embedded MiniLM-L6)")
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=1, description="truncation length in tokens")
 
 
 class LoadOptions(BaseModel):

@@ -9,7 +9,9 @@ import os
 import time
 from pathlib import Path
 
-from detrigger.data import DataSpec
+from pydantic import BaseModel, ConfigDict, Field
+
+from detrigger.data import SOURCE, DataSpec
 from detrigger.data.dataset import Splits
 from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import Metrics, evaluate
@@ -73,6 +75,19 @@ def clean_model(data: DataSpec, config: TrainConfig = TrainConfig(), *, encoder:
             return victim, record
     log.info("clean model from cache %s", folder)
     return load_victim(folder), json.loads((folder / "metrics.json").read_text())
+
+
+class TrainOptions(BaseModel):
+    """What `detrigger train` is given besides the data's split, the encoder and `TrainConfig`'s other fields: the
+    command's recipe (shorter than `TrainConfig`'s default, as the clean models of the attacks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(description=SOURCE)
+    out: str = Field(description="output model folder (written atomically)")
+    epochs: int = Field(2, ge=1, description="epochs")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    train_seed: int | None = Field(None, description="training seed (default: the split seed)")
 
 
 def train_classifier(data: DataSpec, config: TrainConfig, out: Path, *, overwrite: bool = False,

@@ -3,7 +3,7 @@ and distillation steps), `losses` (attention-map and hidden-state distillation t
 `splitting` (MBTSAD's token splitting and `RareWordSplitter`, its input purifier: a `Victim` input transform)."""
 
 from detrigger.defences.distillation.defence import DistilConfig, MbtsadConfig, mbtsad, nad
-from detrigger.defences.distillation.splitting import RareWordSplitter, split_copies, split_dataset, split_text
+from detrigger.defences.distillation.splitting import RareWordSplitter, SplitOptions, split_dataset, split_text
 
-__all__ = ["DistilConfig", "MbtsadConfig", "RareWordSplitter", "mbtsad", "nad", "split_copies", "split_dataset",
+__all__ = ["DistilConfig", "MbtsadConfig", "RareWordSplitter", "SplitOptions", "mbtsad", "nad", "split_dataset",
            "split_text"]

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from detrigger.argfields import POSITIONAL
 from detrigger.data.dataset import TextDataset
-from detrigger.errors import DetriggerError
 from detrigger.models.victim import register_input_transform
 
 WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
@@ -52,13 +53,21 @@ def split_text(text: str, rng: np.random.Generator, probability: float = 1.0, mi
     return _cut_words(text, cut_at)
 
 
-def split_copies(text: str, copies: int = 1, *, probability: float = 1.0, min_length: int = 2,
-                 seed: int = 0) -> list[str]:
-    """`copies` splittings of `text` drawn one after another from `seed`, as `detrigger split` prints them."""
-    if not 0.0 <= probability <= 1.0:
-        raise DetriggerError(f"--probability must be between 0 and 1, got {probability}")
-    rng = np.random.default_rng(seed)
-    return [split_text(text, rng, probability, min_length) for _ in range(copies)]
+class SplitOptions(BaseModel):
+    """What `detrigger split` is given: a text, and how to split it (the defaults are MBTSAD's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str = Field(description="the text to split", json_schema_extra=POSITIONAL)
+    probability: float = Field(1.0, ge=0, le=1, description="chance that a word is split")
+    min_length: int = Field(2, ge=1, description="shortest word that is split")
+    copies: int = Field(1, ge=1, description="split versions to print")
+    seed: int = Field(0, description="seed")
+
+    def splits(self) -> list[str]:
+        """`copies` splittings of the text drawn one after another from `seed`, as `detrigger split` prints them."""
+        rng = np.random.default_rng(self.seed)
+        return [split_text(self.text, rng, self.probability, self.min_length) for _ in range(self.copies)]
 
 
 def split_dataset(data: TextDataset, *, probability: float = 1.0, min_length: int = 2, copies: int = 1,
