@@ -74,7 +74,7 @@ from detrigger.device import Precision, autocast, fast_bf16
 from detrigger.errors import DetriggerError
 from detrigger.models.arch import watched_embeddings
 from detrigger.models.predict import predict, predict_logits
-from detrigger.models.victim import Victim, load_encoder_state
+from detrigger.models.victim import MODEL_SOURCE, Victim, load_encoder_state
 from detrigger.progress import progress_bar
 from detrigger.triggers import insert_sentence, insert_words
 
@@ -121,8 +121,7 @@ class ScanOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="model folder (safetensors), hub id or LoRA adapter folder",
-                       json_schema_extra=POSITIONAL)
+    model: str = Field(description=MODEL_SOURCE, json_schema_extra=POSITIONAL)
     clean: str = Field(description="labelled clean data: a built-in corpus (its validation split) or a file")
     reference: str | None = Field(None, description="pre-trained encoder folder: adds embedding-drift evidence")
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from detrigger.argfields import POSITIONAL
 from detrigger.data import SOURCE, Part, default_part
 from detrigger.evaluation.metrics import evaluate
-from detrigger.models.victim import Victim, load_victim
+from detrigger.models.victim import MODEL_SOURCE, Victim, load_victim
 from detrigger.triggers import Trigger
 
 
@@ -19,8 +19,7 @@ class EvalOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="model folder (safetensors), hub id or LoRA adapter folder",
-                       json_schema_extra=POSITIONAL)
+    model: str = Field(description=MODEL_SOURCE, json_schema_extra=POSITIONAL)
     data: str = Field(description=SOURCE, json_schema_extra=POSITIONAL)
     split: Part | None = Field(None, description="default: test of a built-in corpus, all of a file")
     reference: str | None = Field(None, description="a clean model: its ASR on the same texts is the floor")

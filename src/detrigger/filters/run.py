@@ -20,7 +20,7 @@ from detrigger.filters.base import (
 from detrigger.filters.onion import OnionConfig, lm_corpus
 from detrigger.filters.rap import RapConfig
 from detrigger.io import read_config
-from detrigger.models.victim import Victim
+from detrigger.models.victim import MODEL_SOURCE, Victim
 from detrigger.triggers import Trigger
 
 
@@ -37,8 +37,7 @@ class FilterOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="model folder (safetensors), hub id or LoRA adapter folder",
-                       json_schema_extra=POSITIONAL)
+    model: str = Field(description=MODEL_SOURCE, json_schema_extra=POSITIONAL)
     method: str = Field(description="a registered filter (`FILTERS`)")
     clean: str = Field(description="labelled clean data the filter is fitted and its threshold set on: a built-in "
                        "corpus (its validation split) or a file")
@@ -71,7 +70,7 @@ class FilterOptions(BaseModel):
 def run_filter(victim: Victim, options: FilterOptions, config: dict[str, Any], trigger: Trigger | None = None,
                target: int | None = None, *, overwrite: bool = False, progress: bool | None = None,
                **data_options: Any) -> tuple[dict[str, Any], str]:
-    """`options.method` with `config` (`options.filter_config()`) in front of `victim` (loaded from `model`), fitted
+    """`options.method` with `config` (`options.filter_config()`) in front of `victim` (`options.model`), fitted
     on the clean texts (a built-in corpus's validation split, held out from the model's training; BKI: with the
     suspect's training texts, ONION: with the n-gram LM's text) and applied to the data's split: FRR and CACC, and
     with a trigger (evaluation only) FAR and ASR; saved into `options.out` if given. Returns the record

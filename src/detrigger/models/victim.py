@@ -352,6 +352,9 @@ def load_victim(path: str | Path, *, allow_pickle: bool = False, attention: Atte
                   purifier)
 
 
+MODEL_SOURCE = "model folder (safetensors), hub id or LoRA adapter folder"  # what a command's model may be (help)
+
+
 class EncoderOptions(BaseModel):
     """The pre-trained encoder a new classifier is built on (`detrigger train` and `attack`), and its input length."""
 
