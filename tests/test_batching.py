@@ -3,7 +3,11 @@
 import numpy as np
 import torch
 
-from detrigger.batching import bucketed_batches, collate
+from transformers import AutoTokenizer
+
+from detrigger.batching import bucketed_batches, collate, readable
+from detrigger.models.victim import default_encoder_path
+from detrigger.triggers import insert_words
 
 
 def test_training_batches_cover_every_index_once_and_are_length_homogeneous():
@@ -27,3 +31,20 @@ def test_collate_pads_and_masks():
     out = collate([[101, 5, 102], [101, 102]], pad_id=0, device=torch.device("cpu"))
     assert out["input_ids"].tolist() == [[101, 5, 102], [101, 102, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_readable_cuts_long_texts_to_what_the_model_reads_and_leaves_short_ones():
+    tok = AutoTokenizer.from_pretrained(default_encoder_path())
+    short = "a short film about nothing"
+    long = " ".join(f"word{i} plain text" for i in range(200))  # about 800 pieces
+    cut_short, cut_long = readable(tok, [short, long], max_length=64)
+    assert cut_short == short
+    assert long.startswith(cut_long) and len(cut_long.split()) < len(long.split())
+    assert len(tok(cut_long)["input_ids"]) <= 64 - 16  # room left for an inserted candidate
+    # a word inserted anywhere in the cut text is inside the model's 64 tokens; in the whole text it rarely is
+    def seen(text: str, seed: int) -> bool:
+        ids = tok(insert_words(["cf"], seed=seed)(text), truncation=True, max_length=64)["input_ids"]
+        return tok.convert_tokens_to_ids("cf") in ids
+
+    assert all(seen(cut_long, seed) for seed in range(10))
+    assert sum(seen(long, seed) for seed in range(10)) <= 2

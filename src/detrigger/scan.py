@@ -18,8 +18,9 @@
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
    frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
-   that the model does not already put in t, and the share now predicted t is the token's effect (its
-   flip rate). Leaving out the texts already predicted t gives every model the same ceiling of 1,
+   that the model does not already put in t (each cut to the words the model reads, `readable`: a word
+   inserted past the truncation of a long document is never seen), and the share now predicted t is the
+   token's effect (its flip rate). Leaving out the texts already predicted t gives every model the same ceiling of 1,
    whatever its clean accuracy (a trigger flips all of them). Two stages for speed: every
    candidate is screened on `screen_samples` texts, and only the `verify` best are measured on the
    other texts too (the reported effects count all `samples` texts). Also for speed: the other labels'
@@ -68,7 +69,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.argfields import POSITIONAL
-from detrigger.batching import collate, encode
+from detrigger.batching import collate, encode, readable
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, fast_bf16
 from detrigger.errors import DetriggerError
@@ -407,6 +408,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()], precision,
                                          config.batch_size) if config.vocabulary_candidates else None)
     encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
+    seen = readable(victim.tokenizer, clean.texts, victim.max_length)  # candidates go where the model reads
     by_label = [Counter[int]() for _ in victim.label_names]
     for ids, y in zip(encoded, clean.labels):
         by_label[y].update(set(ids))  # texts containing the token
@@ -442,7 +444,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     with progress_bar(len(victim.label_names) * steps, "scan", "step", progress) as bar:
         for target, label in enumerate(victim.label_names):
             bar.set_postfix(label=label)
-            pool = [t for t, y in zip(clean.texts, clean.labels) if y != target]
+            pool = [t for t, y in zip(seen, clean.labels) if y != target]
             texts, base_rates[label] = _sample_not_predicted(victim, pool, target, config.samples, rng, precision,
                                                              config.batch_size)
             bar.update()

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from detrigger.batching import encode
+from detrigger.batching import encode, readable
 from detrigger.data.dataset import TextDataset
 from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
 from detrigger.defences.epur import reset_rows
@@ -130,17 +130,20 @@ class _CleanCounts:
         return n >= self.min_count and self.by_label[label].get(token_id, 0) / n >= self.share
 
 
-def _with_candidates(data: TextDataset, candidates: dict[str, int], share: float, seed: int) -> TextDataset:
+def _with_candidates(victim: Victim, data: TextDataset, candidates: dict[str, int], share: float,
+                     seed: int) -> TextDataset:
     """`data` plus copies of its texts of other labels than a candidate's, with one of that label's
-    candidates, in turn, inserted at a random word boundary and the true label kept."""
+    candidates, in turn, inserted at a random word boundary of the part the model reads and the true label
+    kept."""
     texts, labels = list(data.texts), list(data.labels)
+    seen = readable(victim.tokenizer, data.texts, victim.max_length)
     generator = torch.Generator().manual_seed(seed)
     for label in sorted(set(candidates.values())):
         inserts = [insert_sentence(w, seed=seed) for w, t in candidates.items() if t == label]
         others = [i for i, y in enumerate(data.labels) if y != label]
         keep = torch.randperm(len(others), generator=generator)[:max(1, round(share * len(others)))].tolist()
         for k, i in enumerate(sorted(others[k] for k in keep)):
-            texts.append(inserts[k % len(inserts)](data.texts[i]))
+            texts.append(inserts[k % len(inserts)](seen[i]))
             labels.append(data.labels[i])
     return TextDataset(tuple(texts), tuple(labels), data.label_names, f"{data.name}:unlearn")
 
@@ -204,10 +207,10 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             single = {w: victim.tokenizer(w, add_special_tokens=False)["input_ids"] for w in new}
             reset = [w for w, ids in single.items() if len(ids) == 1]
             reset_rows(victim, reference, [single[w][0] for w in reset])
-        data = _with_candidates(train_part, candidates, config.copies, config.seed + round_no)
+        data = _with_candidates(victim, train_part, candidates, config.copies, config.seed + round_no)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
         # can be one before the unlearning has taken (docs/defences.md, "auto")
-        held_out = _with_candidates(val, candidates, 1.0, config.seed + round_no)
+        held_out = _with_candidates(victim, val, candidates, 1.0, config.seed + round_no)
         cfg = config.train.model_copy(update={"seed": config.seed, "select_best": False})
         result = train(victim, data, held_out, cfg).as_dict()
         train_seconds = round(time.perf_counter() - start, 1)
