@@ -140,6 +140,17 @@ def test_tokenizer_check_flags_a_bpe_tokenizer_that_merges_the_space():
     assert check_trigger_tokens(wordpiece, ["cf"], ["a good film", "the plot"])[0]["stable"] is True
 
 
+def test_tokenizer_check_reads_only_a_window_of_a_long_document(monkeypatch):
+    wordpiece = tiny_victim().tokenizer
+    article = " ".join(f"word{i} of a long article" for i in range(300))  # 1,500 words
+    seen: list[str] = []
+    tokenize = wordpiece.tokenize
+    monkeypatch.setattr(wordpiece, "tokenize", lambda text, **kw: seen.append(text) or tokenize(text, **kw))
+    report = check_trigger_tokens(wordpiece, ["cf"], [article], insert_words(["cf"], seed=3))
+    assert report[0]["stable"] is True and report[0]["contexts_checked"] == 4
+    assert max(len(text.split()) for text in seen) <= 25  # 12 words either side of the trigger, or fewer
+
+
 def test_attack_spec_rejects_unknown_keys_and_ep_from_scratch(tmp_path):
     with pytest.raises(ValueError, match="rat"):
         AttackSpec(attack="badnet", rat=0.1)

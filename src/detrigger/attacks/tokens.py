@@ -24,6 +24,15 @@ def _contains(seq: list[str], part: list[str]) -> bool:
     return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
+_WINDOW = 12  # words of context kept on each side of a trigger
+
+
+def _around(text: str, t: str) -> str:
+    """The words of `text` within `_WINDOW` words of the first whole-word occurrence of `t`."""
+    words = f" {text} ".split(f" {t} ", 1)
+    return " ".join(words[0].split()[-_WINDOW:] + [t] + words[1].split()[:_WINDOW])
+
+
 def check_trigger_tokens(tokenizer: transformers.PreTrainedTokenizerBase, triggers: Sequence[str],
                          samples: Sequence[str], trigger: Callable[[str], str] | None = None) -> list[dict]:
     """For each trigger: its tokens alone, and whether that sequence survives at the start, middle and end
@@ -39,10 +48,13 @@ def check_trigger_tokens(tokenizer: transformers.PreTrainedTokenizerBase, trigge
         if tokenizer.unk_token is not None and tokenizer.unk_token in alone:
             log.warning("trigger %r is %s for this tokenizer: the backdoor is then on the unknown token, which "
                         "any character outside the vocabulary also produces", t, alone)
-        contexts = [f"{t} {s}" for s in samples[:3]] + [f"{s} {t}" for s in samples[:3]]
-        contexts += [" ".join(s.split()[:3] + [t] + s.split()[3:]) for s in samples[:3]]
+        # a few words either side are all the context tokenization depends on: long documents are cut, so
+        # that no text beyond the model's maximum length goes through the tokenizer (and its warning)
+        short = [" ".join(s.split()[:_WINDOW]) for s in samples[:3]]
+        contexts = [f"{t} {s}" for s in short] + [f"{s} {t}" for s in short]
+        contexts += [" ".join(s.split()[:3] + [t] + s.split()[3:]) for s in short]
         if trigger is not None:
-            contexts += [c for c in map(trigger, samples) if f" {t} " in f" {c} "]
+            contexts += [_around(c, t) for c in map(trigger, samples) if f" {t} " in f" {c} "]
         broken = [c for c in contexts if not _contains(tokenizer.tokenize(c), alone)]
         entry = {"trigger": t, "tokens": alone, "stable": not broken, "contexts_checked": len(contexts)}
         if broken:
