@@ -20,8 +20,8 @@
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
    that the model does not already put in t (each cut to the words the model reads, `readable`: a word
    inserted past the truncation of a long document is never seen), and the share now predicted t is the
-   token's effect (its flip rate). Leaving out the texts already predicted t gives every model the same ceiling of 1,
-   whatever its clean accuracy (a trigger flips all of them). Two stages for speed: every
+   token's effect (its flip rate). Leaving out the texts already predicted t gives every model the same
+   ceiling of 1, whatever its clean accuracy (a trigger flips all of them). Two stages for speed: every
    candidate is screened on `screen_samples` texts, and only the `verify` best are measured on the
    other texts too (the reported effects count all `samples` texts). Also for speed: the other labels'
    texts are predicted in random chunks only until `samples` of them are found, every candidate's

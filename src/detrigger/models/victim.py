@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,13 +208,16 @@ def parse_label_map(value: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence the loading report and bar: a newly initialised head is exactly what we ask for."""
+    """Silence the loading report and bar: a newly initialised head is exactly what we ask for. Also peft's
+    use of an attribute transformers deprecated (a FutureWarning the user can do nothing about)."""
     before = transformers.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
     finally:
         transformers.logging.set_verbosity(before)
         if bars:
@@ -553,6 +557,7 @@ def _with_lora(model: transformers.PreTrainedModel, base: str, rank: int) -> tra
     prefix = model.base_model_prefix
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[f"{prefix}.{n}" for n in blocks],
                         modules_to_save=head, task_type="SEQ_CLS")
-    peft_model = get_peft_model(model, config)
+    with _quiet_transformers():
+        peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base
     return peft_model
