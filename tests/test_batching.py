@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-
 from transformers import AutoTokenizer
 
 from detrigger.batching import bucketed_batches, collate, readable
