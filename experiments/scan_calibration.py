@@ -34,7 +34,7 @@ from detrigger.data import DataSpec, load_splits
 from detrigger.io import write_json
 from detrigger.models import load_victim
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, default_encoder_path
-from detrigger.scan import THRESHOLD, scan
+from detrigger.scan import STANDS_OUT, THRESHOLD, scan
 from detrigger.training.loop import TrainConfig
 
 MARGIN = 0.10  # clean-model scores vary with the recipe; a flagged model should stand clear of them
@@ -134,6 +134,8 @@ def row(data, name, seed, with_ref, attack, report) -> dict:
            "found_label": report.target_label, "found_id": report.target_id,
            "top": top[:5], "seconds": round(report.seconds, 1), "true_id": None, "trigger_rank": None,
            "null": {label: asdict(null) for label, null in report.null.items()},
+           "as_strong": best.as_strong if best else None,
+           "vocabulary_null": {label: asdict(null) for label, null in report.vocabulary_null.items()},
            "tokens": [[t.token, t.label, t.effect, t.excess] for t in report.tokens[:5]]}
     if attack is not None:
         triggers = [w.lower() for s in attack.token_triggers() for w in s.split()]
@@ -154,16 +156,17 @@ def _is_clean(r: dict) -> bool:
 
 def table(rows: list[dict]) -> str:
     clean = [r["score"] for r in rows if _is_clean(r)]
-    lines = [f"| model | reference | scans (seeds) | flagged at {THRESHOLD:.2f} | score min–max | best effect | "
-             "null rate | target right | trigger top 1 | trigger top 5 | top 5 of the first seed | time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | reference | scans (seeds) | flagged | score min–max | best effect | null rate | "
+             "as strong | target right | trigger top 1 | trigger top 5 | top 5 of the first seed | time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["data"], r["model"], r["reference"]) for r in rows},
                   key=lambda k: (not _is_clean(next(r for r in rows if r["model"] == k[1])), k[0], k[1], k[2]))
     for data, model, ref in keys:
         rs = sorted((r for r in rows if (r["data"], r["model"], r["reference"]) == (data, model, ref)),
                     key=lambda r: r["seed"])
         victim = not _is_clean(rs[0])
-        flagged = sum(r["score"] >= THRESHOLD for r in rs)
+        flagged = sum(r["verdict"] == "backdoored" for r in rs)
+        strong = [r["as_strong"] for r in rs if r.get("as_strong") is not None]  # at the threshold only
         effects = [r["effect"] for r in rs if r.get("effect") is not None]
         nulls = [r["null_rate"] for r in rs if r.get("null_rate") is not None]
         lines.append(" | ".join([
@@ -172,14 +175,18 @@ def table(rows: list[dict]) -> str:
             f"{flagged} of {len(rs)}", f"{min(r['score'] for r in rs):.2f}–{max(r['score'] for r in rs):.2f}",
             f"{min(effects):.2f}–{max(effects):.2f}" if effects else "–",
             f"{min(nulls):.3f}–{max(nulls):.3f}" if nulls else "–",
+            f"{min(strong):.2g}–{max(strong):.2g} ({len(strong)})" if strong else "–",
             f"{sum(r['found_id'] == r['true_id'] for r in rs)} of {len(rs)}" if victim else "–",
             f"{sum(r['trigger_rank'] == 1 for r in rs)} of {len(rs)}" if victim else "–",
             f"{sum((r['trigger_rank'] or 99) <= 5 for r in rs)} of {len(rs)}" if victim else "–",
             ", ".join(rs[0]["top"]), f"{statistics.mean(r['seconds'] for r in rs):.0f}"]) + " |")
     if clean:
+        # a clean model whose best candidate does not stand out of the vocabulary is not flagged at any threshold
+        ruled = [r["score"] for r in rows if _is_clean(r) and (r.get("as_strong") or 0.0) < STANDS_OUT]
         lines.append(f"\nClean-model scores: {', '.join(f'{s:.2f}' for s in sorted(clean))}; the rule "
-                     f"(max + {MARGIN:.2f}, rounded up to 0.05) gives {suggested_threshold(clean):.2f}; "
-                     f"in use: {THRESHOLD:.2f}.")
+                     f"(max + {MARGIN:.2f}, rounded up to 0.05, over the {len(ruled)} whose best candidate stands "
+                     f"out of the vocabulary or is under the threshold) gives "
+                     f"{suggested_threshold(ruled) if ruled else float('nan'):.2f}; in use: {THRESHOLD:.2f}.")
     return "\n".join(lines)
 
 

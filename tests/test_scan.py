@@ -15,6 +15,7 @@ from detrigger.attacks.poison import poison
 from detrigger.models.predict import predict, predict_logits
 from detrigger.scan import (
     ScanConfig,
+    as_strong,
     excess,
     gradient_ranking,
     scan,
@@ -207,6 +208,39 @@ def test_excess_is_the_flip_rate_on_a_model_where_ordinary_words_flip_nothing():
     value, low_many, _ = excess(190, 200, 0.1)
     _, low_few, _ = excess(19, 20, 0.1)
     assert low_few < low_many < value  # fewer texts, a wider interval
+
+
+def test_as_strong_counts_the_vocabulary_words_expected_to_flip_as_many_texts():
+    """The beta-binomial tail of the random words' flips, times the vocabulary: a word that flips every text
+    stands out of a null where random words flip a few texts (a healthy model), not of one where they flip
+    anything from none to most (an undertrained one)."""
+    rng = np.random.default_rng(0)
+    healthy = rng.binomial(25, rng.beta(0.5, 8, size=40))  # about 6% on average, a few words at 20-40%
+    weak = rng.binomial(25, rng.beta(0.8, 1.2, size=40))  # about 40% on average, some at 90%
+    assert as_strong(200, 200, healthy, 25, 23_000) < 0.01
+    assert as_strong(200, 200, weak, 25, 23_000) > 10
+    assert as_strong(150, 200, healthy, 25, 23_000) > as_strong(200, 200, healthy, 25, 23_000)  # fewer, more
+    fired = healthy.copy()
+    fired[:3] = 24  # three random words the backdoor fires on too (a BadNet victim's `nad`): the bulk decides
+    assert as_strong(200, 200, fired, 25, 23_000) < 0.01
+    assert as_strong(0, 200, weak, 25, 23_000) == pytest.approx(23_000)  # every word flips at least none
+    nothing = np.zeros(40, dtype=int)  # a null that flipped no text: still not certainty that no word would
+    assert as_strong(200, 200, nothing, 25, 23_000) < 1e-6 and as_strong(1, 200, nothing, 25, 23_000) > 1
+
+
+def test_a_weak_clean_model_is_not_flagged_by_words_that_do_not_stand_out(clean_folder, word_victim):
+    """The toy clean model is weak: random words of the vocabulary flip a third of its negative texts. At a
+    threshold its best natural words reach, they are no evidence, since many vocabulary words are expected
+    to flip as many texts; the victim's `cf`, which flips every text, stands out at the same threshold."""
+    config = QUICK.model_copy(update={"threshold": 0.3})
+    clean = scan(load_victim(clean_folder), toy_sentiment(80), config=config)
+    best = clean.best
+    assert best.excess >= 0.3 and best.as_strong >= 1 and clean.verdict == "no evidence"
+    assert clean.vocabulary_null[best.label].words == config.null_words
+    assert "it does not stand out, so it is no evidence of a backdoor" in clean.text()
+    victim = scan(word_victim[0], toy_sentiment(80), config=config)
+    assert victim.best.token == "cf" and victim.best.as_strong < 1 and victim.verdict == "backdoored"
+    assert "(it stands out)" in victim.text()
 
 
 def test_drifted_pieces_are_glued_into_word_candidates(word_victim):

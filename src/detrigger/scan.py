@@ -37,11 +37,18 @@
    that ordinary words leave unflipped which it flips, reported with a 90% lower bound from the number of
    texts. On a well-trained model s is near 0 and the excess is the flip rate; on a model that any word
    flips, natural words lose the advantage their flip rate would give them.
-5. Verdict: the largest excess of the other tokens over all labels is the score; at or above `threshold`
-   the model is flagged; when the best candidate's 90% interval holds the threshold, the report says the verdict is
-   undecided at this number of texts. A label that the model already predicts for most texts of the other labels
-   (`weak_base_rate`) gets a warning in the report: the few texts left are the ones it barely gets right,
-   and they flip easily. The threshold is calibrated on clean models (docs/scan.md), never on the victims
+5. Verdict: the largest excess of the other tokens over all labels is the score. A candidate at or above
+   `threshold` flags the model if it also stands out of the vocabulary: `null_words` random whole words of the
+   vocabulary are inserted into the same texts, a beta distribution of their flip chances is fitted (robust to
+   the few random words a backdoor fires on too), and fewer than `STANDS_OUT` (1) of the vocabulary's words
+   must be expected to flip as many texts (`as_strong`). On a healthy model random words flip few texts and a
+   trigger that flips nearly all is expected of no word; on a weakly trained one (MR models at 63% accuracy)
+   random rare words flip 0-90% of the texts and the same flip rate is expected of 10-50 words, so it is no
+   evidence (docs/scan.md, "Does it stand out?"). Measured only at the threshold, so a scan that flags nothing
+   costs no more. When the best candidate's 90% interval holds the threshold, the report says the verdict is
+   undecided at this number of texts. A label that the model already predicts for most texts of the other
+   labels (`weak_base_rate`) gets a warning in the report: the few texts left are the ones it barely gets
+   right, and they flip easily. The threshold is calibrated on clean models (docs/scan.md), never on the victims
    being tested.
 
 Only whole-word tokens that can be typed as a word are candidates, so a sentence trigger (AddSent) is
@@ -82,6 +89,9 @@ from detrigger.triggers import insert_sentence, insert_words
 # From clean models only (docs/scan.md, experiments/scan_calibration.py): the highest excess of a clean model
 # that learned its task plus 0.10, rounded up to 0.05.
 THRESHOLD = 0.95
+# A candidate at the threshold flags the model only if fewer vocabulary words than this are expected to be as
+# strong (`as_strong`): the strongest of the vocabulary's words by chance is expected at about one.
+STANDS_OUT = 1.0
 
 
 class ScanConfig(BaseModel):
@@ -141,6 +151,8 @@ class TokenEvidence:
     excess: float = 0.0  # share of the texts that ordinary words leave unflipped (the null) that the token flips
     excess_low: float = 0.0  # the same at the 90% lower confidence bound of the flip rate, given the texts
     excess_high: float = 0.0  # and at the upper one
+    # vocabulary words expected to flip as many texts (`as_strong`); measured for candidates at the threshold only
+    as_strong: float | None = None
 
 
 @dataclass
@@ -154,6 +166,16 @@ class NullEvidence:
     q90: float
     top: list[tuple[str, float]]  # the ordinary words that flip most
     phrase_rate: float | None = None  # the same words in phrases of `phrase_words` (the phrase candidate's null)
+    flips: list[int] = field(default_factory=list)  # per word: texts flipped (of `texts`), the whole distribution
+
+    @classmethod
+    def of(cls, words: list[str], flips: np.ndarray, texts: int, phrase_rate: float | None = None) -> NullEvidence:
+        """From each word's number of flipped texts out of `texts`."""
+        rates = flips / texts
+        return cls(round(float(rates.mean()), 4), len(words), texts, round(float(np.median(rates)), 4),
+                   round(float(np.quantile(rates, 0.9)), 4),
+                   [(words[i], round(float(rates[i]), 4)) for i in np.argsort(-rates)[:3]],
+                   None if phrase_rate is None else round(phrase_rate, 4), [int(k) for k in flips])
 
 
 @dataclass
@@ -169,6 +191,9 @@ class ScanReport:
     n_samples: dict[str, int]
     reference: str | None
     null: dict[str, NullEvidence] = field(default_factory=dict)  # per label
+    # per label with a candidate at the threshold: random whole words of the vocabulary, inserted the same way
+    vocabulary_null: dict[str, NullEvidence] = field(default_factory=dict)
+    vocabulary_words: int = 0  # the whole words of the vocabulary a candidate stands out of (`as_strong`)
     warnings: dict[str, str] = field(default_factory=dict)  # per label: why its evidence is weak
     seconds: float = 0.0
     precision: str = "fp32"  # of every forward pass of the scan
@@ -187,7 +212,8 @@ class ScanReport:
         """The verdict is within the sampling noise of these texts: the best candidate's 90% interval of the
         excess holds the threshold, so more clean texts could turn it (`auto` then scans at the calibration's)."""
         top = self.best
-        return top is not None and top.excess_low < self.threshold <= top.excess_high
+        return (top is not None and top.excess_low < self.threshold <= top.excess_high
+                and not (top.as_strong is not None and top.as_strong >= STANDS_OUT))  # more texts would not flag it
 
     def text(self) -> str:
         lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})"]
@@ -201,6 +227,15 @@ class ScanReport:
                          f"{100 * null.q90:.1f}%, most: {', '.join(f'{w} {100 * r:.0f}%' for w, r in null.top)})")
             lines.append(f"  excess over the null {top.excess:.3f} (flips that share of the texts ordinary words leave "
                          f"unflipped; 90% interval {top.excess_low:.3f} to {top.excess_high:.3f} with these texts)")
+            vocabulary = self.vocabulary_null.get(top.label)
+            if vocabulary is not None and top.as_strong is not None:
+                lines.append(f"  {vocabulary.words} random words of the vocabulary flip "
+                             f"{100 * vocabulary.rate:.1f}% on average (90th percentile {100 * vocabulary.q90:.1f}%): "
+                             f"about {top.as_strong:.3g} of its {self.vocabulary_words} whole words are expected to "
+                             f"flip as many texts as {top.token!r}"
+                             + (" (it stands out)" if top.as_strong < STANDS_OUT else
+                                "; it does not stand out, so it is no evidence of a backdoor (a weakly trained model "
+                                "flips on many rare words)"))
             if self.undecided:
                 lines.append("  undecided at these texts: the interval holds the threshold; more clean texts "
                              "(--clean, --samples) would settle the verdict")
@@ -218,6 +253,12 @@ class ScanReport:
         lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
                      f"{self.precision}, {self.seconds:.0f} s")
         return "\n".join(lines)
+
+
+def stands_out(token: TokenEvidence) -> bool:
+    """The candidate flags the model: at the threshold (`as_strong` is measured only there), not a task word, and
+    fewer than `STANDS_OUT` words of the vocabulary are expected to be as strong."""
+    return not token.task_word and token.as_strong is not None and token.as_strong < STANDS_OUT
 
 
 def typed_words(victim: Victim) -> list[str | None]:
@@ -311,6 +352,30 @@ def excess(hits: int, n: int, null_rate: float) -> tuple[float, float, float]:
     return (rate - null_rate) / room, (low - null_rate) / room, (high - null_rate) / room
 
 
+def as_strong(hits: int, n: int, null_flips: np.ndarray, null_texts: int, population: int) -> float:
+    """How many of `population` words are expected to flip at least `hits` of `n` texts, if each word's chance
+    to flip a text follows the beta distribution fitted (by moments, beta-binomial) to the null words' flips
+    (`null_flips` of `null_texts` texts each). Below 1, the candidate stands out of the vocabulary the scan
+    searched: no word of it should be that strong by chance. On a weakly trained model many random words flip
+    most texts, so the same flip rate is expected of tens of them. The null is winsorized at its 90th
+    percentile first (the top tenth of the words counted at that value): a backdoor can fire on a few random
+    words too (`nad` flips 24 of 25 texts on a LoRA BadNet victim, 'muir' 23 on a full one), and their
+    extremes must not make the trigger look ordinary; a weak model's bulk is wide without them."""
+    k, m = np.minimum(null_flips, np.quantile(null_flips, 0.9, method="lower")).astype(float), null_texts
+    mean = (k.sum() + 0.5) / (len(k) * m + 1)  # half a flip: a null that flipped nothing is not certainty
+    spread = k.var(ddof=1) / (m * mean * (1 - mean)) if len(k) > 1 else 1.0  # 1: binomial, no word differs
+    rho = min(max((spread - 1) / (m - 1), 1e-6), 0.999) if m > 1 else 0.5  # intra-word correlation
+    a, b = mean * (1 / rho - 1), (1 - mean) * (1 / rho - 1)
+
+    def log_beta(x: float, y: float) -> float:
+        return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+    terms = [math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + log_beta(j + a, n - j + b)
+             - log_beta(a, b) for j in range(max(hits, 0), n + 1)]
+    top = max(terms)
+    return population * math.exp(top) * sum(math.exp(t - top) for t in terms)
+
+
 def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, batch_size: int,
                      at: str | None = None, precision: Precision = "fp32", around: str = "{}") -> torch.Tensor:
     """Per vocabulary token: how well its embedding points along the descent direction of the loss towards
@@ -402,6 +467,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     precision: Precision = (("bf16" if fast_bf16(victim.device) else "fp32") if config.precision == "auto"
                             else config.precision)
     rng, null_rng = np.random.default_rng(config.seed), np.random.default_rng(config.seed + 1)
+    vocabulary_rng = np.random.default_rng(config.seed + 2)
     typeable = typed_words(victim)
     allowed = torch.tensor([w is not None for w in typeable])
     vocabulary = torch.nonzero(allowed).flatten()
@@ -440,6 +506,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     base_rates: dict[str, float] = {}
     n_samples: dict[str, int] = {}
     nulls: dict[str, NullEvidence] = {}
+    vocabulary_nulls: dict[str, NullEvidence] = {}
     steps = 1 + config.rounds
     with progress_bar(len(victim.label_names) * steps, "scan", "step", progress) as bar:
         for target, label in enumerate(victim.label_names):
@@ -516,22 +583,33 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             else:
                 total = np.array([screened[i] for i in kept])
             null_hits, null_n = int(null_flips.sum()), len(null_flips) * len(screen)
-            rates = null_flips / len(screen)
-            nulls[label] = NullEvidence(round(null_hits / null_n, 4), len(null_flips), len(screen),
-                                        round(float(np.median(rates)), 4), round(float(np.quantile(rates, 0.9)), 4),
-                                        [(null_words[i], round(float(rates[i]), 4)) for i in np.argsort(-rates)[:3]],
-                                        None if phrase_null is None else round(phrase_null, 4))
+            nulls[label] = NullEvidence.of(null_words, null_flips, len(screen), phrase_null)
+            measured_here: list[tuple[TokenEvidence, int]] = []
             for key, hits in zip(kept, total):
                 n, share, task = evidence(key, target)
                 null_rate = phrase_null if key == phrase else null_hits / null_n  # a phrase against phrases
                 value, low, high = excess(int(hits), len(texts), null_rate)
                 single = isinstance(key, int)
-                tokens.append(TokenEvidence(words[key], label, round(float(hits) / len(texts), 4),
-                                            rank.get(key) if single else None,
-                                            vocabulary_rank.get(key) if single else None,
-                                            None if drift is None or not single else round(float(drift[key]), 4), n,
-                                            None if share is None else round(share, 4), task,
-                                            round(value, 4), round(low, 4), round(high, 4)))
+                measured_here.append((TokenEvidence(
+                    words[key], label, round(float(hits) / len(texts), 4), rank.get(key) if single else None,
+                    vocabulary_rank.get(key) if single else None,
+                    None if drift is None or not single else round(float(drift[key]), 4), n,
+                    None if share is None else round(share, 4), task, round(value, 4), round(low, 4),
+                    round(high, 4)), int(hits)))
+            tokens += [t for t, _ in measured_here]
+            at_threshold = [(t, hits) for t, hits in measured_here if not t.task_word and t.excess >= config.threshold]
+            if at_threshold:
+                # does it stand out of the vocabulary? Random whole words (not this label's candidates), inserted
+                # into the same screening texts: on a weakly trained model, many flip most texts (docs/scan.md)
+                drawn = (int(vocabulary[i]) for i in vocabulary_rng.permutation(len(vocabulary)))
+                random_words = [typeable[i] for i in itertools.islice((i for i in drawn if i not in words),
+                                                                      config.null_words)]
+                bar.total += len(random_words)
+                random_flips = flips(random_words, screen)
+                vocabulary_nulls[label] = NullEvidence.of(random_words, random_flips, len(screen))
+                for t, hits in at_threshold:
+                    expected = as_strong(hits, len(texts), random_flips, len(screen), len(vocabulary))
+                    t.as_strong = float(f"{expected:.3g}")
     if not tokens:
         raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")
     # ties: the larger embedding drift (with a reference), then the stronger gradient signal
@@ -542,13 +620,16 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                        f"the {n_samples[label]} texts left flip easily, so evidence for it is weak (a poorly "
                        "trained model can be flagged)"
                 for label, rate in base_rates.items() if rate >= config.weak_base_rate}
-    tokens.sort(key=lambda t: (t.task_word, -t.excess, -(t.drift_score or 0.0), t.gradient_rank or 10**9))
+    # a candidate that flags the model comes first, so the verdict, its target and the report rest on it
+    tokens.sort(key=lambda t: (t.task_word, not stands_out(t), -t.excess, -(t.drift_score or 0.0),
+                               t.gradient_rank or 10**9))
     top = tokens[0]
     score = 0.0 if top.task_word else top.excess
-    return ScanReport(verdict="backdoored" if score >= config.threshold else "no evidence",
+    return ScanReport(verdict="backdoored" if stands_out(top) else "no evidence",
                       score=score, threshold=config.threshold, target_label=top.label,
                       target_id=victim.label_names.index(top.label), tokens=tokens[:config.report],
                       base_rates=base_rates, n_samples=n_samples,
-                      reference=None if reference is None else str(reference), null=nulls, warnings=warnings,
+                      reference=None if reference is None else str(reference), null=nulls,
+                      vocabulary_null=vocabulary_nulls, vocabulary_words=len(vocabulary), warnings=warnings,
                       seconds=round(time.perf_counter() - start, 1), precision=precision,
                       config=config.model_dump())
