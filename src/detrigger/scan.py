@@ -112,7 +112,8 @@ class ScanConfig(BaseModel):
                              "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
     screen_samples: int = Field(25, ge=0, description="texts each candidate is screened on (0: no screening)")
     verify: int = Field(10, ge=1, description="best screened candidates per label measured on all samples")
-    null_words: int = Field(40, ge=5, description="ordinary words of the clean texts measured as the model's null")
+    null_words: int = Field(40, ge=5, description="ordinary words of the clean texts measured as the model's null; "
+                            "as many random vocabulary words when a candidate reaches the threshold")
     threshold: float = Field(THRESHOLD, gt=0, le=1, description="flag the model when a candidate's excess flip rate "
                              "over the null (the share of texts ordinary words leave unflipped that it flips) "
                              "reaches this")
