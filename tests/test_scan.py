@@ -127,7 +127,7 @@ def test_vocabulary_pass_puts_every_word_through_the_model(word_victim):
     victim, _, _ = word_victim
     clean = toy_sentiment(80)
     words = [w for w in typed_words(victim) if w is not None]
-    scores = vocabulary_pass(victim, clean, words, "fp32", 64, shortlist=20)
+    scores = vocabulary_pass(victim, clean, words, "fp32", 64, shortlist=20, saturated=1.0)  # no prefix pass
     assert scores.shape == (len(words), 2)
     listed = scores[:, 1].isfinite()
     assert 20 <= int(listed.sum()) <= 40 and bool(listed.eq(scores[:, 0].isfinite()).all())
@@ -139,6 +139,35 @@ def test_vocabulary_pass_puts_every_word_through_the_model(word_victim):
     surest = negatives[int(torch.from_numpy(predict_logits(victim, negatives)).log_softmax(-1)[:, 0].argmax())]
     logp = torch.from_numpy(predict_logits(victim, [f"cf {surest}"])).log_softmax(-1)[0, 1]
     assert float(scores[words.index("cf"), 1]) == pytest.approx(float(logp), abs=1e-4)
+
+
+def test_a_label_every_word_alone_is_given_is_ranked_before_a_prefix_of_the_other_label(word_victim):
+    """The toy victim gives nearly every word alone `negative` at p > 0.99 (as an SMS model gives ham), so
+    "alone" cannot rank words for it: its shortlist comes from every word typed before the first words of the
+    surest positive text that the model already calls positive."""
+    from detrigger.scan import _clear_prefix
+
+    victim, _, _ = word_victim
+    clean = toy_sentiment(80)
+    words = [w for w in typed_words(victim) if w is not None]
+    alone = torch.from_numpy(predict_logits(victim, words)).softmax(-1)
+    assert float((alone[:, 0] > 0.99).float().mean()) > 0.5 > float((alone[:, 1] > 0.99).float().mean())
+    positives = sorted((t for t, y in zip(clean.texts, clean.labels) if y == 1), key=len)[:20]
+    surest = positives[int(torch.from_numpy(predict_logits(victim, positives)).log_softmax(-1)[:, 1].argmax())]
+    prefix = _clear_prefix(victim, surest, 1, "fp32")
+
+    def positive(text: str) -> float:
+        return float(torch.from_numpy(predict_logits(victim, [text])).softmax(-1)[0, 1])
+
+    assert surest.startswith(prefix) and positive(prefix) > 0.95
+    shorter = prefix.rsplit(" ", 1)[0]
+    assert shorter == prefix or positive(shorter) <= 0.95  # the first words that do, not more
+    before = torch.from_numpy(predict_logits(victim, [f"{w} {prefix}" for w in words])).log_softmax(-1)[:, 0]
+    best = torch.topk(before, 5).indices
+    plain = vocabulary_pass(victim, clean, words, "fp32", 64, shortlist=5, saturated=1.0)
+    scores = vocabulary_pass(victim, clean, words, "fp32", 64, shortlist=5)
+    assert bool(scores[best, 0].isfinite().all()) and not bool(plain[best, 0].isfinite().all())
+    assert bool(scores[plain[:, 0].isfinite(), 0].isfinite().all())  # the alone shortlist stays
 
 
 def test_the_vocabulary_pass_best_words_are_verified(word_victim):

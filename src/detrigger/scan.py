@@ -409,8 +409,17 @@ def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, b
     return (-(weight @ total) / weight.norm(dim=1).clamp_min(1e-12)).cpu()
 
 
+def _clear_prefix(victim: Victim, text: str, label: int, precision: Precision) -> str:
+    """The first words of `text` that the model already gives `label` at p > 0.95 (all of it if none do): a
+    short context a word must overturn, at a fraction of the text's cost."""
+    words = text.split()
+    prefixes = [" ".join(words[:k]) for k in range(1, len(words) + 1)]
+    sure = torch.from_numpy(predict_logits(victim, prefixes, precision=precision)).softmax(-1)[:, label] > 0.95
+    return prefixes[int(torch.argmax(sure.int()))] if bool(sure.any()) else text
+
+
 def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precision: Precision,
-                    batch_size: int, shortlist: int = 300) -> torch.Tensor:
+                    batch_size: int, shortlist: int = 300, saturated: float = 0.5) -> torch.Tensor:
     """Per word (rows) and label t (columns): the log-probability of t when the word is typed before a short
     clean text of another label, averaged over those texts; -inf for words not on the shortlist (and for a
     label with no other label's text). Real forward passes, which catch what the gradient's linear picture
@@ -418,9 +427,14 @@ def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precis
     sequence of a few tokens, one pass for all labels), then the `shortlist` best words per label before the
     texts. The text of a label is the one of its 20 shortest that the model gives that label most surely, so
     a word must overturn a clear prediction; texts of two labels serve every label (a label's scores come
-    from the other one's text, or both), so the cost does not grow with the labels."""
+    from the other one's text, or both), so the cost does not grow with the labels.
+
+    A label that nearly every word alone is given with certainty (`saturated`: SMS ham, 99.9% of the words at
+    p > 0.99 on a BadNet victim; at most 5% on the MR models) cannot be ranked alone: its shortlist comes from
+    every word typed before `prefix` words of another label's text instead (docs/scan.md, "A default label's
+    trigger")."""
     alone = torch.from_numpy(predict_logits(victim, words, batch_size=batch_size, precision=precision))
-    listed = torch.topk(alone.log_softmax(-1), min(shortlist, len(words)), dim=0).indices.flatten().unique()
+    listed = torch.topk(alone.log_softmax(-1), min(shortlist, len(words)), dim=0).indices.flatten()
     contexts: dict[int, str] = {}
     for label in range(victim.num_labels):
         if len(contexts) == 2:
@@ -429,6 +443,15 @@ def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precis
         if short:
             sure = torch.from_numpy(predict_logits(victim, short, batch_size=batch_size, precision=precision))
             contexts[label] = short[int(torch.argmax(sure.log_softmax(-1)[:, label]))]
+    for label in torch.nonzero((alone.softmax(-1) > 0.99).float().mean(0) > saturated).flatten().tolist():
+        other = next((c for c in contexts if c != label), None)
+        if other is None:
+            continue
+        prefix = _clear_prefix(victim, contexts[other], other, precision)
+        before = predict_logits(victim, [f"{w} {prefix}" for w in words], batch_size=batch_size, precision=precision)
+        ranked = torch.from_numpy(before).log_softmax(-1)[:, label]
+        listed = torch.cat([listed, torch.topk(ranked, min(shortlist, len(words))).indices])
+    listed = listed.unique()
     scores = torch.zeros(len(listed), victim.num_labels)
     for label, text in contexts.items():
         logits = predict_logits(victim, [f"{words[i]} {text}" for i in listed.tolist()], batch_size=batch_size,
