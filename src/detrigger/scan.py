@@ -14,7 +14,8 @@
    The vocabulary pass (`vocabulary_candidates`) adds what the linear picture misses: every whole-word
    token alone through the model, then the most label-like ones typed before a short clean text of another
    label, ranked by the log-probability of the label (a word of an AddSent victim's sentence that flips
-   texts alone ranks thousands deep by the gradient and first here).
+   texts alone ranks thousands deep by the gradient and first here). A label that nearly every word alone
+   is given (SMS ham) is ranked with every word typed before a short prefix of another label's text instead.
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
    frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
