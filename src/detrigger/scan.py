@@ -44,7 +44,7 @@
    the few random words a backdoor fires on too), and fewer than `STANDS_OUT` (1) of the vocabulary's words
    must be expected to flip as many texts (`as_strong`). On a healthy model random words flip few texts and a
    trigger that flips nearly all is expected of no word; on a weakly trained one (MR models at 63% accuracy)
-   random rare words flip 0-90% of the texts and the same flip rate is expected of 10-50 words, so it is no
+   random rare words flip 0-90% of the texts and the same flip rate is expected of 11-333 words, so it is no
    evidence (docs/scan.md, "Does it stand out?"). Measured only at the threshold, so a scan that flags nothing
    costs no more. When the best candidate's 90% interval holds the threshold, the report says the verdict is
    undecided at this number of texts. A label that the model already predicts for most texts of the other
@@ -431,7 +431,7 @@ def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precis
     from the other one's text, or both), so the cost does not grow with the labels.
 
     A label that nearly every word alone is given with certainty (`saturated`: SMS ham, 99.9% of the words at
-    p > 0.99 on a BadNet victim; at most 5% on the MR models) cannot be ranked alone: its shortlist comes from
+    p > 0.99 on a BadNet victim; at most 5.4% on the MR models) cannot be ranked alone: its shortlist comes from
     every word typed before `prefix` words of another label's text instead (docs/scan.md, "A default label's
     trigger")."""
     alone = torch.from_numpy(predict_logits(victim, words, batch_size=batch_size, precision=precision))
