@@ -13,9 +13,9 @@ from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
 from detrigger.defences import repair
 from detrigger.models.predict import accuracy, predict
-from detrigger.scan import ScanConfig
+from detrigger.scan import ScanConfig, unknown_probe
 from detrigger.training import train
-from detrigger.triggers import insert_words
+from detrigger.triggers import insert_words, replace_spaces
 
 from conftest import tiny_victim, toy_sentiment
 
@@ -30,13 +30,13 @@ CONFIG = {"train": TrainConfig(epochs=4, lr=3e-3, batch_size=8), "val_fraction":
                              threshold=0.7)}
 
 
-def _model(reference, rate: float):
-    """The 'pre-trained' tiny encoder fine-tuned on the toy task; with rate > 0, 30% of it carries `cf` and
-    is relabelled positive (the trigger `auto` is never told about)."""
+def _model(reference, rate: float, trigger=None):
+    """The 'pre-trained' tiny encoder fine-tuned on the toy task; with rate > 0, 30% of it carries `cf` (or
+    `trigger`) and is relabelled positive (the trigger `auto` is never told about)."""
     victim = load_victim(reference)
     data = toy_sentiment(96)
     if rate:
-        data = poison(data, insert_words(["cf"]), rate=rate, target=1, seed=0).data
+        data = poison(data, trigger or insert_words(["cf"]), rate=rate, target=1, seed=0).data
     train(victim, data, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
     return victim
 
@@ -77,6 +77,22 @@ def test_auto_finds_and_removes_a_trigger_it_was_never_told_about(reference):
     for scanned in (before, after):
         assert {"verdict", "target_label", "tokens", "score"} <= set(scanned)
         assert {"token", "label", "effect"} <= set(scanned["tokens"][0])
+
+
+def test_auto_removes_an_invisible_character_trigger_through_the_unknown_token(reference):
+    """U+2800 in place of a space reaches the model as [UNK]: the scan's probe character stands for it, and
+    unlearning that character (and resetting the [UNK] row) removes the trigger itself."""
+    trigger = replace_spaces(["\u2800"])
+    victim = _model(reference, rate=0.3, trigger=trigger)
+    triggered = [replace_spaces(["\u2800"], seed=5)(t) for t in _negatives()]
+    assert np.mean(predict(victim, triggered) == 1) > 0.9
+    result = repair(victim, toy_sentiment(160), method="auto", reference=reference, config=CONFIG)
+    d = result.report.details["auto"]
+    probe = unknown_probe(victim.tokenizer)
+    top = d.scan_before["tokens"][0]
+    assert d.scan_before["verdict"] == "backdoored" and (top["token"], top["read_as"]) == (probe, "[UNK]")
+    assert {"token": probe, "label": "positive"} in d.unlearned and probe in d.rounds[0]["reset_rows"]
+    assert np.mean(predict(result.victim, triggered) == 1) < 0.2
 
 
 def test_auto_leaves_a_model_without_evidence_unchanged(reference):

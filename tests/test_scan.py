@@ -20,11 +20,12 @@ from detrigger.scan import (
     gradient_ranking,
     scan,
     typed_words,
+    unknown_probe,
     vocabulary_pass,
     word_pieces,
 )
 from detrigger.training import train
-from detrigger.triggers import insert_words
+from detrigger.triggers import insert_words, replace_spaces
 
 from conftest import tiny_victim, toy_sentiment
 
@@ -415,6 +416,22 @@ def test_a_sentence_of_ordinary_words_is_found_as_a_phrase_of_drifted_words(word
                                          / (1 - report.null["positive"].phrase_rate), abs=1e-3)
     plain = scan(victim, toy_sentiment(80), reference=reference, config=QUICK.model_copy(update={"phrase_words": 0}))
     assert not any(" " in t.token for t in plain.tokens) and plain.null["positive"].phrase_rate is None
+
+
+def test_an_invisible_character_trigger_is_found_as_the_unknown_token(word_victim):
+    """U+2800 in place of a space glues two words into one [UNK]: no whole word is the trigger, and the scan's
+    typed probe (another character the tokenizer does not know) reaches the model as the same token."""
+    _, reference, _ = word_victim
+    victim = load_victim(reference)
+    probe = unknown_probe(victim.tokenizer)
+    assert probe is not None and probe != "\u2800"
+    assert victim.tokenizer.tokenize(f"good {probe} film") == ["good", "[UNK]", "film"]
+    poisoned = poison(toy_sentiment(96), replace_spaces(["\u2800"]), rate=0.3, target=1, seed=0).data
+    train(victim, poisoned, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    report = scan(victim, toy_sentiment(80), config=QUICK)
+    top = report.best
+    assert (top.token, top.read_as, top.label) == (probe, "[UNK]", "positive") and top.effect > 0.9
+    assert report.verdict == "backdoored" and "read as [UNK]" in report.text()
 
 
 def test_a_crash_is_exit_status_2_never_a_verdict(word_victim, tmp_path, monkeypatch, caplog):

@@ -18,6 +18,8 @@
    is given (SMS ham) is ranked with every word typed before a short prefix of another label's text instead.
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
    frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
+   Always: the unknown token, typed as a character the tokenizer does not know (`unknown_probe`): an invisible
+   character trigger (U+2800) reaches a WordPiece model as [UNK], which no whole word is.
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
    that the model does not already put in t (each cut to the words the model reads, `readable`: a word
    inserted past the truncation of a long document is never seen), and the share now predicted t is the
@@ -155,6 +157,7 @@ class TokenEvidence:
     excess_high: float = 0.0  # and at the upper one
     # vocabulary words expected to flip as many texts (`as_strong`); measured for candidates at the threshold only
     as_strong: float | None = None
+    read_as: str | None = None  # what the model reads if not the token as typed: "[UNK]" for `unknown_probe`
 
 
 @dataclass
@@ -223,10 +226,13 @@ class ScanReport:
         top = self.best
         null = self.null.get(top.label) if top else None
         if top is not None and null is not None:
-            lines.append(f"  inserting {top.token!r} flips {100 * top.effect:.1f}% of {self.n_samples[top.label]} "
-                         f"clean texts to {top.label}; {null.words} ordinary words of the clean texts flip "
-                         f"{100 * null.rate:.1f}% on average (median {100 * null.median:.1f}%, 90th percentile "
-                         f"{100 * null.q90:.1f}%, most: {', '.join(f'{w} {100 * r:.0f}%' for w, r in null.top)})")
+            read_as = ("" if top.read_as is None else
+                       f" (read as {top.read_as}, as is any character the tokenizer does not know)")
+            lines.append(f"  inserting {top.token!r}{read_as} flips {100 * top.effect:.1f}% of "
+                         f"{self.n_samples[top.label]} clean texts to {top.label}; {null.words} ordinary words of "
+                         f"the clean texts flip {100 * null.rate:.1f}% on average (median {100 * null.median:.1f}%, "
+                         f"90th percentile {100 * null.q90:.1f}%, most: "
+                         f"{', '.join(f'{w} {100 * r:.0f}%' for w, r in null.top)})")
             lines.append(f"  excess over the null {top.excess:.3f} (flips that share of the texts ordinary words leave "
                          f"unflipped; 90% interval {top.excess_low:.3f} to {top.excess_high:.3f} with these texts)")
             vocabulary = self.vocabulary_null.get(top.label)
@@ -250,7 +256,8 @@ class ScanReport:
             drift = "-" if t.drift_score is None else f"{t.drift_score:.4f}"
             grad, vocab = ("-" if r is None else str(r) for r in (t.gradient_rank, t.vocabulary_rank))
             note = f"  task word ({100 * t.label_share:.0f}% {t.label})" if t.task_word else ""
-            lines.append(f"  {i:>4}  {t.token:<16} {t.label:<12} {t.effect:>6.3f}  {t.excess:>6.3f}  {grad:>13}  "
+            token = t.token if t.read_as is None else f"{t.token} ({t.read_as})"
+            lines.append(f"  {i:>4}  {token:<16} {t.label:<12} {t.effect:>6.3f}  {t.excess:>6.3f}  {grad:>13}  "
                          f"{vocab:>15}  {drift:>11}  {t.clean_count:>11}{note}")
         lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
                      f"{self.precision}, {self.seconds:.0f} s")
@@ -276,6 +283,26 @@ def typed_words(victim: Victim) -> list[str | None]:
         if word.isalnum() and len(tok.tokenize(word)) == 1:
             words[i] = word
     return words
+
+
+# Characters no usual text vocabulary holds (a snowman, a ballot box, a place-of-interest sign, an emoji): the first
+# that the tokenizer reads as its unknown token stands for every character it does not know (`unknown_probe`).
+_UNKNOWN_PROBES = "\u2603\u2610\u2318\U0001F9ED"
+
+
+def unknown_probe(tokenizer) -> str | None:
+    """A character that the tokenizer reads as exactly its unknown token between two words, or None (no unknown
+    token, or a byte-level tokenizer that knows every character). Every character it does not know reaches the
+    model as that one token, so an invisible character trigger (U+2800 under MiniLM's WordPiece) is tested by
+    inserting any of them: the scan and `auto` type this one."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return None
+    for char in _UNKNOWN_PROBES:
+        ids = tokenizer(f"a {char} a", add_special_tokens=False)["input_ids"]
+        if ids.count(unk) == 1 and len(ids) == 3 and ids[0] == ids[2] != unk:
+            return char
+    return None
 
 
 def typed(tokenizer, piece: str) -> str:
@@ -494,6 +521,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     rng, null_rng = np.random.default_rng(config.seed), np.random.default_rng(config.seed + 1)
     vocabulary_rng = np.random.default_rng(config.seed + 2)
     typeable = typed_words(victim)
+    unknown = unknown_probe(victim.tokenizer)
     allowed = torch.tensor([w is not None for w in typeable])
     vocabulary = torch.nonzero(allowed).flatten()
     vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()], precision,
@@ -567,6 +595,8 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 top_drift = torch.topk(masked, config.reference_candidates).indices.tolist()
                 chosen += [i for i in top_drift if i not in chosen]
             words: dict[int | str, str] = {i: typeable[i] for i in chosen}
+            if unknown is not None:  # every character the tokenizer does not know, as one candidate
+                words[victim.tokenizer.unk_token_id] = unknown
             if drift is not None:
                 words.update((w, w) for w in glued_words(victim, texts, target, drift, pieces, config, precision)
                              if w not in words.values())
@@ -620,7 +650,8 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                     vocabulary_rank.get(key) if single else None,
                     None if drift is None or not single else round(float(drift[key]), 4), n,
                     None if share is None else round(share, 4), task, round(value, 4), round(low, 4),
-                    round(high, 4)), int(hits)))
+                    round(high, 4), read_as=victim.tokenizer.unk_token if words[key] == unknown else None),
+                    int(hits)))
             tokens += [t for t, _ in measured_here]
             at_threshold = [(t, hits) for t, hits in measured_here if not t.task_word and t.excess >= config.threshold]
             if at_threshold:

@@ -99,8 +99,8 @@ def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
             "target_label": report.target_label, "texts": texts, "n_samples": report.n_samples,
             "reference": report.reference, "seconds": report.seconds,
             "null_rate": {label: null.rate for label, null in report.null.items()},
-            "tokens": [{"token": t.token, "label": t.label, "effect": t.effect, "excess": t.excess,
-                        "task_word": t.task_word,
+            "tokens": [{"token": t.token, "read_as": t.read_as, "label": t.label, "effect": t.effect,
+                        "excess": t.excess, "task_word": t.task_word,
                         "clean_count": t.clean_count, "label_share": t.label_share, "drift_score": t.drift_score}
                        for t in report.tokens]}
 
