@@ -70,7 +70,7 @@ def main() -> None:
             continue
         for with_ref in refs:
             report = scan(victim, val, reference=reference if with_ref else None)
-            rows.append(row(data, name, seed, with_ref, attack, report))
+            rows.append(row(data, name, seed, with_ref, attack, report, victim.tokenizer))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             write_json(path, {"spec": str(args.spec), "rows": rows})
     print(table(rows))
@@ -123,8 +123,10 @@ def _listed(data, attack, built_only):
     return load_victim(cached_victim(data, attack, progress=False)), load_splits(data).val
 
 
-def row(data, name, seed, with_ref, attack, report) -> dict:
-    """One scan's facts for the table; the trigger and target are read here, after the scan, to score it."""
+def row(data, name, seed, with_ref, attack, report, tokenizer) -> dict:
+    """One scan's facts for the table; the trigger and target are read here, after the scan, to score it. A
+    listed token is a trigger if the model reads it as it reads a trigger word (the scan's probe character and
+    an invisible trigger character are both [UNK])."""
     top = list(dict.fromkeys(t.token for t in report.tokens))  # a token can be listed for several labels
     best = next((t for t in report.tokens if not t.task_word), None)
     out = {"data": data, "model": name, "seed": seed, "clean": attack is None, "reference": with_ref,
@@ -138,9 +140,12 @@ def row(data, name, seed, with_ref, attack, report) -> dict:
            "vocabulary_null": {label: asdict(null) for label, null in report.vocabulary_null.items()},
            "tokens": [[t.token, t.label, t.effect, t.excess] for t in report.tokens[:5]]}
     if attack is not None:
-        triggers = [w.lower() for s in attack.token_triggers() for w in s.split()]
+        def read(text: str) -> tuple[str, ...]:
+            return tuple(tokenizer.tokenize(f"a {text} a")[1:-1])
+
+        triggers = {read(w) for s in attack.token_triggers() for w in s.split()}
         out["true_id"] = attack.target
-        out["trigger_rank"] = next((i + 1 for i, t in enumerate(top) if t.lower() in triggers), None)
+        out["trigger_rank"] = next((i + 1 for i, t in enumerate(top) if read(t) in triggers), None)
     return out
 
 
