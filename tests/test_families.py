@@ -29,7 +29,7 @@ from detrigger.models.arch import (
     ffn_width,
 )
 from detrigger.models.predict import predict_logits
-from detrigger.scan import ScanConfig, gradient_ranking, scan
+from detrigger.scan import ScanConfig, gradient_ranking, scan, unknown_probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -206,6 +206,18 @@ def test_family_parts_are_found(name, corpus, tmp_path):
     maps = model(input_ids=ids, output_attentions=True).attentions
     assert len(maps) == 2  # rows still sum to one in train mode: no dropout on the probabilities
     assert all(torch.allclose(m.sum(-1), torch.ones(()), atol=1e-5) for m in maps)
+
+
+def test_the_unknown_token_probe_per_tokenizer_kind(corpus):
+    """WordPiece and Unigram tokenizers read a character they do not know as their unknown token, which the scan
+    then tests as a candidate; a byte-level BPE spells it in bytes and the Metaspace BPE here drops it: no probe."""
+    found = {name: unknown_probe(make_tokenizer(kind, corpus)) for name, (kind, _) in FAMILIES.items()}
+    for name, probe in found.items():
+        tokenizer = make_tokenizer(FAMILIES[name][0], corpus)
+        if probe is not None:
+            assert tokenizer(f"a {probe} a", add_special_tokens=False)["input_ids"].count(tokenizer.unk_token_id) == 1
+    assert all(found[n] for n in ("bert", "distilbert", "electra", "modernbert", "albert", "deberta-v2"))
+    assert not any(found[n] for n in ("roberta", "gpt2", "qwen2", "llama"))  # bytes; Metaspace BPE deletes it
 
 
 def test_a_reference_of_another_family_is_refused(corpus, mr, tmp_path):

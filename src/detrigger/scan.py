@@ -291,16 +291,16 @@ _UNKNOWN_PROBES = "\u2603\u2610\u2318\U0001F9ED"
 
 
 def unknown_probe(tokenizer) -> str | None:
-    """A character that the tokenizer reads as exactly its unknown token between two words, or None (no unknown
-    token, or a byte-level tokenizer that knows every character). Every character it does not know reaches the
-    model as that one token, so an invisible character trigger (U+2800 under MiniLM's WordPiece) is tested by
-    inserting any of them: the scan and `auto` type this one."""
+    """A character that the tokenizer reads as its unknown token between two words (a SentencePiece tokenizer
+    puts a bare word-start piece before it), or None: no unknown token, or one that never comes out (a
+    byte-level BPE spells every character in bytes; a tokenizer may delete the character). Every character it
+    does not know reaches the model as that one token, so an invisible character trigger (U+2800 under
+    MiniLM's WordPiece) is tested by inserting any of them: the scan and `auto` type this one."""
     unk = tokenizer.unk_token_id
     if unk is None:
         return None
     for char in _UNKNOWN_PROBES:
-        ids = tokenizer(f"a {char} a", add_special_tokens=False)["input_ids"]
-        if ids.count(unk) == 1 and len(ids) == 3 and ids[0] == ids[2] != unk:
+        if tokenizer(f"a {char} a", add_special_tokens=False)["input_ids"].count(unk) == 1:
             return char
     return None
 
