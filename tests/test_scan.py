@@ -14,6 +14,7 @@ from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
 from detrigger.models.predict import predict, predict_logits
 from detrigger.scan import (
+    STAGES,
     ScanConfig,
     as_strong,
     excess,
@@ -310,6 +311,9 @@ def test_report_text_json_and_cli(word_victim, tmp_path):
     assert text.splitlines()[0].startswith(f"verdict: {report.verdict} (score ")
     assert "most likely target label: " in text and len(report.tokens) == 3
     assert json.loads(json.dumps(report.as_dict()))["tokens"][0]["token"] == report.tokens[0].token
+    # where the time went: the stages that ran, within the scan's wall time, on the report's last line
+    assert {"vocabulary pass", "texts", "gradient", "insertions"} <= set(report.stage_seconds) <= set(STAGES)
+    assert sum(report.stage_seconds.values()) <= report.seconds + 0.1 and "insertions" in text.splitlines()[-1]
     data = tmp_path / "clean.jsonl"
     ds = toy_sentiment(40)
     data.write_text("\n".join(json.dumps({"text": t, "label": ds.label_names[y]}) for t, y in zip(ds.texts, ds.labels)))

@@ -63,6 +63,7 @@ triggers": gluing gradient-ranked pieces without the drift was tried and made ad
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -79,9 +80,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.argfields import POSITIONAL
-from detrigger.batching import collate, encode, readable
+from detrigger.batching import bucketed_batches, collate, encode, readable
 from detrigger.data.dataset import TextDataset
-from detrigger.device import Precision, autocast, fast_bf16
+from detrigger.device import Precision, autocast, backward_friendly_attention, fast_bf16
 from detrigger.errors import DetriggerError
 from detrigger.models.arch import watched_embeddings
 from detrigger.models.predict import predict, predict_logits
@@ -95,6 +96,10 @@ THRESHOLD = 0.95
 # A candidate at the threshold flags the model only if fewer vocabulary words than this are expected to be as
 # strong (`as_strong`): the strongest of the vocabulary's words by chance is expected at about one.
 STANDS_OUT = 1.0
+# Where a scan's time goes, in the report (`ScanReport.stage_seconds`): the vocabulary pass, the embedding drift
+# against a reference, predicting clean texts to pick those not already in the label, the gradient passes (rounds
+# and glued words), and the forward passes of every candidate and null word inserted into texts.
+STAGES = ("vocabulary pass", "reference drift", "texts", "gradient", "insertions")
 
 
 class ScanConfig(BaseModel):
@@ -201,6 +206,7 @@ class ScanReport:
     vocabulary_words: int = 0  # the whole words of the vocabulary a candidate stands out of (`as_strong`)
     warnings: dict[str, str] = field(default_factory=dict)  # per label: why its evidence is weak
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went (`STAGES`)
     precision: str = "fp32"  # of every forward pass of the scan
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -260,8 +266,20 @@ class ScanReport:
             lines.append(f"  {i:>4}  {token:<16} {t.label:<12} {t.effect:>6.3f}  {t.excess:>6.3f}  {grad:>13}  "
                          f"{vocab:>15}  {drift:>11}  {t.clean_count:>11}{note}")
         lines.append(f"{sum(self.n_samples.values())} clean texts, reference: {self.reference or 'none'}, "
-                     f"{self.precision}, {self.seconds:.0f} s")
+                     f"{self.precision}, {self.seconds:.0f} s"
+                     + (f" ({', '.join(f'{k} {v:.0f} s' for k, v in self.stage_seconds.items())})"
+                        if self.stage_seconds else ""))
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str):
+    """Add the wall time of the block to `seconds[stage]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
 
 
 def stands_out(token: TokenEvidence) -> bool:
@@ -424,9 +442,10 @@ def gradient_ranking(victim: Victim, texts: list[str], target: int, seed: int, b
     model.eval()
     total = torch.zeros(embedding.weight.shape[1], device=device)
     try:
-        for start in range(0, len(ids), batch_size):
-            inputs = collate(ids[start:start + batch_size], tok.pad_token_id, device)
-            with watched_embeddings(model) as embeds, autocast(device, precision):  # decoders pool from input_ids
+        for batch in bucketed_batches([len(x) for x in ids], batch_size):  # similar lengths: little padding
+            inputs = collate([ids[i] for i in batch], tok.pad_token_id, device)
+            with (watched_embeddings(model) as embeds, autocast(device, precision),  # decoders pool from input_ids
+                  backward_friendly_attention(device)):
                 logits = model(**inputs).logits.float()
             target_ids = torch.full((len(logits),), target, device=device)
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, target_ids, reduction="sum"), embeds[0])
@@ -461,7 +480,8 @@ def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precis
     p > 0.99 on a BadNet victim; at most 5.4% on the MR models) cannot be ranked alone: its shortlist comes from
     every word typed before `prefix` words of another label's text instead (docs/scan.md, "A default label's
     trigger")."""
-    alone = torch.from_numpy(predict_logits(victim, words, batch_size=batch_size, precision=precision))
+    # a word alone is a few tokens: 4x the batch (7.0 s instead of 7.5 s for MiniLM's 23,502 words, same logits)
+    alone = torch.from_numpy(predict_logits(victim, words, batch_size=4 * batch_size, precision=precision))
     listed = torch.topk(alone.log_softmax(-1), min(shortlist, len(words)), dim=0).indices.flatten()
     contexts: dict[int, str] = {}
     for label in range(victim.num_labels):
@@ -524,8 +544,11 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     unknown = unknown_probe(victim.tokenizer)
     allowed = torch.tensor([w is not None for w in typeable])
     vocabulary = torch.nonzero(allowed).flatten()
-    vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()], precision,
-                                         config.batch_size) if config.vocabulary_candidates else None)
+    stage_seconds: dict[str, float] = {}  # in the order of `STAGES`, each as it first runs
+    timed = functools.partial(_timed, stage_seconds)
+    with timed("vocabulary pass"):
+        vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()], precision,
+                                             config.batch_size) if config.vocabulary_candidates else None)
     encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
     seen = readable(victim.tokenizer, clean.texts, victim.max_length)  # candidates go where the model reads
     by_label = [Counter[int]() for _ in victim.label_names]
@@ -538,7 +561,8 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     if reference is not None:
         from detrigger.defences.epur import epur_scores
 
-        drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
+        with timed("reference drift"):
+            drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
         pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label
 
     @functools.cache  # a glued word's count scans every clean text; the sorts ask again
@@ -565,8 +589,9 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         for target, label in enumerate(victim.label_names):
             bar.set_postfix(label=label)
             pool = [t for t, y in zip(seen, clean.labels) if y != target]
-            texts, base_rates[label] = _sample_not_predicted(victim, pool, target, config.samples, rng, precision,
-                                                             config.batch_size)
+            with timed("texts"):
+                texts, base_rates[label] = _sample_not_predicted(victim, pool, target, config.samples, rng,
+                                                                 precision, config.batch_size)
             bar.update()
             n_samples[label] = len(texts)
             if not texts:
@@ -576,8 +601,9 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             chosen: list[int] = []
             at = None
             for _ in range(config.rounds):
-                signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at,
-                                          precision=precision).masked_fill(~allowed, -torch.inf)
+                with timed("gradient"):
+                    signal = gradient_ranking(victim, texts, target, config.seed, config.batch_size, at=at,
+                                              precision=precision).masked_fill(~allowed, -torch.inf)
                 order = torch.argsort(signal, descending=True)[:5000].tolist()
                 for r, i in enumerate(order):
                     rank[i] = min(rank.get(i, r + 1), r + 1)
@@ -598,8 +624,9 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             if unknown is not None:  # every character the tokenizer does not know, as one candidate
                 words[victim.tokenizer.unk_token_id] = unknown
             if drift is not None:
-                words.update((w, w) for w in glued_words(victim, texts, target, drift, pieces, config, precision)
-                             if w not in words.values())
+                with timed("gradient"):
+                    glued = glued_words(victim, texts, target, drift, pieces, config, precision)
+                words.update((w, w) for w in glued if w not in words.values())
             phrase = drifted_phrase(drift, allowed, typeable, lambda i, t=target: evidence(i, t)[2],
                                     config.phrase_words)
             if phrase:
@@ -614,7 +641,8 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 """Per word: how many texts of `sample` it flips to `target` (one batched pass)."""
                 inserted = [(insert_sentence(w, seed=config.seed + 1) if " " in w else
                              insert_words([w], seed=config.seed + 1))(t) for w in batch for t in sample]
-                pred = predict(victim, inserted, batch_size=config.batch_size, precision=precision)
+                with timed("insertions"):
+                    pred = predict(victim, inserted, batch_size=config.batch_size, precision=precision)
                 bar.update(len(batch))
                 return (pred.reshape(len(batch), len(sample)) == target).sum(axis=1)
 
@@ -687,5 +715,6 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                       base_rates=base_rates, n_samples=n_samples,
                       reference=None if reference is None else str(reference), null=nulls,
                       vocabulary_null=vocabulary_nulls, vocabulary_words=len(vocabulary), warnings=warnings,
-                      seconds=round(time.perf_counter() - start, 1), precision=precision,
+                      seconds=round(time.perf_counter() - start, 1),
+                      stage_seconds=stage_seconds, precision=precision,
                       config=config.model_dump())
