@@ -97,7 +97,7 @@ def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
     """The scan facts a report or model card shows."""
     return {"verdict": report.verdict, "score": report.score, "threshold": report.threshold,
             "target_label": report.target_label, "texts": texts, "n_samples": report.n_samples,
-            "reference": report.reference, "seconds": report.seconds,
+            "reference": report.reference, "seconds": report.seconds, "stage_seconds": report.stage_seconds,
             "null_rate": {label: null.rate for label, null in report.null.items()},
             "tokens": [{"token": t.token, "read_as": t.read_as, "label": t.label, "effect": t.effect,
                         "excess": t.excess, "task_word": t.task_word,
