@@ -27,8 +27,10 @@ def main() -> None:
     for seed in spec.seeds:
         for data in spec.data:
             for attack in spec.attacks:
+                # the seed's clean recipe, as the bench's cells build it (`bench.runner.cell_models`)
                 folder = victim_folder(data.model_copy(update={"seed": seed}), attack.at_seed(seed),
-                                       clean_config=spec.clean_train, encoder=spec.encoder, max_length=spec.max_length)
+                                       clean_config=spec.clean_train.model_copy(update={"seed": seed}),
+                                       encoder=spec.encoder, max_length=spec.max_length)
                 name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{attack.label()}-{data.source}-s{seed}")
                 if (folder / CARD_FILE).is_file():
                     write_json(Path(args.out) / f"{name}.json", json.loads((folder / CARD_FILE).read_text()))
