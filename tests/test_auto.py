@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from detrigger import TrainConfig, load_victim
+from detrigger.attacks.embedding import trigger_token_ids
 from detrigger.attacks.poison import poison
 from detrigger.defences import repair
 from detrigger.models.predict import accuracy, predict
@@ -115,6 +116,45 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
     assert {"token": "cf", "label": "positive"} in d.unlearned
     clean = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference, config=default)
     assert clean.report.details["auto"].mixing is None
+
+
+@pytest.mark.slow
+def test_reset_first_stops_at_the_rows_of_a_real_ep_trigger():
+    """`reset_first`: an EP trigger (only its embedding row changed; the embedded MiniLM fine-tuned on 400 MR
+    sentences, as in test_scan.py) is gone once its row is reset to the pre-trained one, so the repair stops
+    there: no mixing, no unlearning, every other weight the suspect's. (EP on the toy model does not take.)"""
+    from detrigger.attacks import AttackSpec, build_victim
+    from detrigger.data import DataSpec, load_splits
+    from detrigger.models.victim import default_encoder_path
+
+    data = DataSpec(source="mr", max_train=400, val=200, test=100)
+    attack = build_victim(data, AttackSpec(attack="ep", setting="clean", words=("cf",), rate=0.2),
+                          clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
+                          cache=False, progress=False)
+    victim = attack.victim
+    negatives = [t for t, y in zip(load_splits(data).test.texts, load_splits(data).test.labels) if y == 0]
+    triggered = [insert_words(["cf"], seed=5)(t) for t in negatives]
+    assert np.mean(predict(victim, triggered) == 1) > 0.9  # the attack worked, or the test proves nothing
+    state = {k: v.clone() for k, v in victim.model.state_dict().items()}
+    scan_config = ScanConfig(samples=40, candidates=5, vocabulary_candidates=0, reference_candidates=5,
+                             glued_words=0, screen_samples=20, verify=3)
+    result = repair(victim, load_splits(data).val, method="auto", reference=default_encoder_path(),
+                    config={"reset_first": True, "scan": scan_config})
+    d = result.report.details["auto"]
+    assert d.scan_before["verdict"] == "backdoored" and d.scan_before["tokens"][0]["token"] == "cf"
+    (only,) = d.rounds
+    assert only["ended"] and "cf" in only["reset_rows"] and only["excess_after_reset"]["cf"] <= 0.2
+    assert d.unlearned == [] and d.mixing is None and d.decision.startswith("reset the embedding rows")
+    assert d.scan_after["verdict"] == "no evidence"
+    assert np.mean(predict(result.victim, triggered) == 1) < 0.5
+    rows = trigger_token_ids(victim, only["reset_rows"])
+    for key, value in result.victim.model.state_dict().items():
+        if "word_embeddings" in key:
+            kept = torch.ones(len(value), dtype=torch.bool)
+            kept[rows] = False
+            assert torch.equal(value[kept], state[key][kept])
+        else:
+            assert torch.equal(value, state[key]), key
 
 
 def test_repair_without_method_or_budget_runs_auto_on_all_the_clean_data(tiny_dir, tmp_path):

@@ -23,7 +23,12 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    and a trigger's sibling that the first scan measured just below `min_excess` can flip more texts once the
    stronger trigger words are gone (EP seed 2: `bb` 0.787 before, 0.824 after, re-scan score under the flagging
    threshold).
-5. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
+5. `reset_first` (off by default; research, docs/defences.md "auto"): with a reference, round 1 first only
+   resets the candidates' embedding rows and measures each candidate again on the held-out texts. If none
+   flips more than `RESET_BAR` of what ordinary words leave unflipped and the re-scan finds no evidence, the
+   repair stops there: a trigger that lives in its embedding rows (EP) needs no mixing or training, which cost
+   CACC. Otherwise round 1 goes on as below (the rows stay reset).
+6. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
    with the reference (Fine-mixing's random mask, keeping rho of w_B - w_P) before the first unlearning, for
    what a word-level scan cannot name: the other words of a sentence trigger keep part of AddSent's
    backdoor once the word the scan found is unlearned alone (the phrase candidates now name most of it; the
@@ -41,6 +46,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -50,13 +56,17 @@ from detrigger.defences.base import Context, DefenceConfig, StepDetails, registe
 from detrigger.defences.epur import reset_rows
 from detrigger.defences.mixing import mix_weights
 from detrigger.models.arch import embedding_key
-from detrigger.models.predict import accuracy_on
+from detrigger.models.predict import accuracy_on, predict
 from detrigger.models.victim import Victim, load_encoder_state
 from detrigger.scan import ScanConfig, ScanReport, scan
 from detrigger.training.loop import train
 from detrigger.triggers import insert_sentence
 
 log = logging.getLogger(__name__)
+
+# `reset_first`: the excess flip rate each candidate must stay under once its row is reset, for the repair to
+# stop there (EP triggers fall to the null; a BadNet victim's model still reads the reset rows as triggers).
+RESET_BAR = 0.2
 
 
 class AutoConfig(DefenceConfig):
@@ -74,6 +84,9 @@ class AutoConfig(DefenceConfig):
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
     mix_rho: float | None = Field(0.5, gt=0, le=1, description="when flagged, Fine-mix with the reference at this "
                                   "rho before unlearning (None: never); for the rest of a sentence trigger")
+    reset_first: bool = Field(False, description="with a reference, first only reset the candidates' embedding "
+                              "rows; stop there if no candidate flips texts any more and the re-scan is clean",
+                              json_schema_extra={"neutral": False})
 
 
 class AutoDetails(StepDetails):
@@ -86,6 +99,8 @@ class AutoDetails(StepDetails):
     suspect_val_accuracy: float = Field(description="the suspect's held-out clean accuracy")
     rounds: list[dict[str, Any]] = Field(description="each unlearning round: tokens, data, accuracy, re-scan")
     mixing: dict[str, Any] | None = Field(None, description="the Fine-mixing step (`mix_rho`), if it ran")
+    reset_first: dict[str, Any] | None = Field(None, description="the `reset_first` check, if it ran and did not "
+                                               "end the repair (then it is round 1)")
     scan_after: dict[str, Any] = Field(description="the last re-scan (or the first scan, unchanged)")
     unlearned: list[dict[str, str]] = Field(description="the tokens unlearned and the label each forced")
     set_aside: list[dict[str, str]] = Field(description="the candidates not unlearned, and why")
@@ -128,6 +143,50 @@ class _CleanCounts:
     def task_word(self, token_id: int, label: int) -> bool:
         n = self.total.get(token_id, 0)
         return n >= self.min_count and self.by_label[label].get(token_id, 0) / n >= self.share
+
+
+def _single_token_rows(victim: Victim, words: dict[str, int]) -> dict[str, int]:
+    """The words that are one token, with its id: a multi-piece word's pieces are shared with other words, so
+    only single-token rows are reset."""
+    ids = {w: victim.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words}
+    return {w: i[0] for w, i in ids.items() if len(i) == 1}
+
+
+def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: Any, val: TextDataset,
+                words: dict[str, int], before: ScanReport, scan_config: ScanConfig, seed: int) -> dict[str, Any]:
+    """`reset_first`: reset the single-token candidates' rows, measure every candidate again on the held-out
+    texts and, if none is above `RESET_BAR`, re-scan. `ended`: the re-scan found no evidence."""
+    rows = _single_token_rows(victim, words)
+    check: dict[str, Any] = {"reset_rows": list(rows), "bar": RESET_BAR}
+    if not rows:
+        return check
+    reset_rows(victim, reference, list(rows.values()))
+    nulls = {label: null.rate for label, null in before.null.items()}
+    check["excess_after_reset"] = excess = _excess_after(victim, val, words, nulls, seed)
+    if max(excess.values()) <= RESET_BAR:
+        rescan = scan(victim, val, reference=ref_path, config=scan_config)
+        check.update(scan=_summary(rescan, "held-out clean texts"), ended=rescan.verdict != "backdoored")
+    return check
+
+
+def _excess_after(victim: Victim, val: TextDataset, words: dict[str, int], null_rates: dict[str, float],
+                  seed: int) -> dict[str, float]:
+    """Per word: its excess flip rate (over `null_rates`, per label name) on the held-out texts of other labels
+    than the one it forces that the model does not already put in it, inserted as `_with_candidates` does."""
+    seen = readable(victim.tokenizer, val.texts, victim.max_length)
+    pred = predict(victim, seen)
+    pools = {w: [t for t, y, p in zip(seen, val.labels, pred) if y != label and p != label]
+             for w, label in words.items()}
+    inserted = [insert_sentence(w, seed=seed)(t) for w, pool in pools.items() for t in pool]
+    flipped = predict(victim, inserted) if inserted else np.array([], dtype=int)
+    excess, at = {}, 0
+    for w, pool in pools.items():
+        label = words[w]
+        rate = float(np.mean(flipped[at:at + len(pool)] == label)) if pool else 0.0
+        null = null_rates[victim.label_names[label]]
+        excess[w] = round(max(0.0, (rate - null) / (1 - null)) if null < 1 else 0.0, 4)
+        at += len(pool)
+    return excess
 
 
 def _with_candidates(victim: Victim, data: TextDataset, candidates: dict[str, int], share: float,
@@ -196,17 +255,27 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                 set_aside.pop(t.token, None)
         if not new:
             break
+        if round_no == 1 and config.reset_first and reference is not None and config.reset_embeddings:
+            start = time.perf_counter()
+            check = _reset_only(victim, reference, ref_path, val, new, before, scan_config, config.seed + 1)
+            check["seconds"] = round(time.perf_counter() - start, 1)
+            if check.get("ended"):
+                details["rounds"].append({"round": 1, "unlearned": [], "copies": 0, "train_seconds": 0.0,
+                                          "scan_seconds": check["seconds"], **check})
+                log.info("auto: reset the rows of %s; re-scan %s (%.3f)", ", ".join(check["reset_rows"]),
+                         check["scan"]["verdict"], check["scan"]["score"])
+                break
+            details["reset_first"] = check
         candidates.update(new)
         start = time.perf_counter()
-        reset = []
         if round_no == 1 and reference is not None and config.mix_rho is not None:
             mixed = mix_weights(victim, reference, config.mix_rho, seed=config.seed)
             details["mixing"] = {"rho": config.mix_rho, **mixed}
+        reset = []
         if reference is not None and config.reset_embeddings:
-            # a multi-piece word's pieces are shared with other words: only single-token rows are reset
-            single = {w: victim.tokenizer(w, add_special_tokens=False)["input_ids"] for w in new}
-            reset = [w for w, ids in single.items() if len(ids) == 1]
-            reset_rows(victim, reference, [single[w][0] for w in reset])
+            rows = _single_token_rows(victim, new)
+            reset = list(rows)
+            reset_rows(victim, reference, list(rows.values()))
         data = _with_candidates(victim, train_part, candidates, config.copies, config.seed + round_no)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
         # can be one before the unlearning has taken (docs/defences.md, "auto")
@@ -230,7 +299,10 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                    set_aside=[{"token": w, "why": why} for w, why in set_aside.items()],
                    val_accuracy=accuracy_on(victim, val))
     mixing_note = f"Fine-mixed at rho {config.mix_rho}, " if "mixing" in details else ""
+    reset_only = bool(details["rounds"]) and details["rounds"][0].get("ended", False)
     details["decision"] = ("no evidence: model unchanged" if before.verdict != "backdoored" else
+                           f"reset the embedding rows of {len(details['rounds'][0]['reset_rows'])} tokens (no "
+                           f"unlearning); after: {details['scan_after']['verdict']}" if reset_only else
                            "flagged, but no candidate passed the rules: model unchanged" if not candidates else
                            f"{mixing_note}unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
                            f"after: {details['scan_after']['verdict']}")

@@ -64,6 +64,7 @@ class StepFacts(BaseModel):
     rounds: list[dict[str, Any]] | None = Field(None, description="auto: each unlearning round")
     unlearned: list[dict[str, str]] | None = Field(None, description="auto: the tokens unlearned")
     set_aside: list[dict[str, str]] | None = Field(None, description="auto: the candidates not unlearned, and why")
+    reset_first: dict[str, Any] | None = Field(None, description="auto: the reset-first check that did not end it")
     decision: str | None = Field(None, description="auto: what it did, in words")
 
 
