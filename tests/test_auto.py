@@ -131,14 +131,14 @@ def test_reset_first_stops_at_the_rows_of_a_real_ep_trigger():
     attack = build_victim(data, AttackSpec(attack="ep", setting="clean", words=("cf",), rate=0.2),
                           clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
                           cache=False, progress=False)
-    victim = attack.victim
-    negatives = [t for t, y in zip(load_splits(data).test.texts, load_splits(data).test.labels) if y == 0]
+    victim, splits = attack.victim, load_splits(data)
+    negatives = [t for t, y in zip(splits.test.texts, splits.test.labels) if y == 0]
     triggered = [insert_words(["cf"], seed=5)(t) for t in negatives]
     assert np.mean(predict(victim, triggered) == 1) > 0.9  # the attack worked, or the test proves nothing
     state = {k: v.clone() for k, v in victim.model.state_dict().items()}
     scan_config = ScanConfig(samples=40, candidates=5, vocabulary_candidates=0, reference_candidates=5,
                              glued_words=0, screen_samples=20, verify=3)
-    result = repair(victim, load_splits(data).val, method="auto", reference=default_encoder_path(),
+    result = repair(victim, splits.val, method="auto", reference=default_encoder_path(),
                     config={"reset_first": True, "scan": scan_config})
     d = result.report.details["auto"]
     assert d.scan_before["verdict"] == "backdoored" and d.scan_before["tokens"][0]["token"] == "cf"
