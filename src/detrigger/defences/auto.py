@@ -58,7 +58,7 @@ from detrigger.defences.mixing import mix_weights
 from detrigger.models.arch import embedding_key
 from detrigger.models.predict import accuracy_on, predict
 from detrigger.models.victim import Victim, load_encoder_state
-from detrigger.scan import ScanConfig, ScanReport, scan
+from detrigger.scan import ScanConfig, ScanReport, excess, scan
 from detrigger.training.loop import train
 from detrigger.triggers import insert_sentence
 
@@ -162,8 +162,8 @@ def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: An
         return check
     reset_rows(victim, reference, list(rows.values()))
     nulls = {label: null.rate for label, null in before.null.items()}
-    check["excess_after_reset"] = excess = _excess_after(victim, val, words, nulls, seed)
-    if max(excess.values()) <= RESET_BAR:
+    check["excess_after_reset"] = after = _excess_after(victim, val, words, nulls, seed)
+    if max(after.values()) <= RESET_BAR:
         rescan = scan(victim, val, reference=ref_path, config=scan_config)
         check.update(scan=_summary(rescan, "held-out clean texts"), ended=rescan.verdict != "backdoored")
     return check
@@ -179,14 +179,14 @@ def _excess_after(victim: Victim, val: TextDataset, words: dict[str, int], null_
              for w, label in words.items()}
     inserted = [insert_sentence(w, seed=seed)(t) for w, pool in pools.items() for t in pool]
     flipped = predict(victim, inserted) if inserted else np.array([], dtype=int)
-    excess, at = {}, 0
+    result, at = {}, 0
     for w, pool in pools.items():
         label = words[w]
-        rate = float(np.mean(flipped[at:at + len(pool)] == label)) if pool else 0.0
-        null = null_rates[victim.label_names[label]]
-        excess[w] = round(max(0.0, (rate - null) / (1 - null)) if null < 1 else 0.0, 4)
+        hits = int(np.sum(flipped[at:at + len(pool)] == label))
+        value = excess(hits, len(pool), null_rates[victim.label_names[label]])[0] if pool else 0.0
+        result[w] = round(max(0.0, value), 4)
         at += len(pool)
-    return excess
+    return result
 
 
 def _with_candidates(victim: Victim, data: TextDataset, candidates: dict[str, int], share: float,
