@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from detrigger import TrainConfig, load_victim
-from detrigger.attacks.embedding import trigger_token_ids
 from detrigger.attacks.poison import poison
 from detrigger.defences import repair
 from detrigger.models.predict import accuracy, predict
@@ -118,6 +117,32 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
     assert clean.report.details["auto"].mixing is None
 
 
+def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference):
+    """An EP trigger word can be a scan candidate only inside a phrase or glued to its neighbour (`cfment`):
+    `reset_first` resets the row of every token of every candidate to the reference's, and no other row."""
+    from detrigger.defences.auto import _reset_only
+    from detrigger.models.victim import load_encoder_state
+    from detrigger.scan import scan
+
+    victim = _model(reference, rate=0.3)
+    clean = toy_sentiment(160)
+    before = scan(victim, clean, reference=reference, config=CONFIG["scan"])
+    state = {k: v.clone() for k, v in victim.model.state_dict().items()}
+    ref_state = load_encoder_state(reference)
+    words = {"cf mn world": 1, "cfment": 1}
+    check = _reset_only(victim, ref_state, reference, clean, words, before, CONFIG["scan"], seed=1)
+    assert check["reset_rows"] == ["cf", "mn", "world", "##ment"]
+    assert set(check["excess_after_reset"]) == set(words)
+    rows = victim.tokenizer.convert_tokens_to_ids(check["reset_rows"])
+    before_rows = state["bert.embeddings.word_embeddings.weight"]
+    ref_rows = ref_state["embeddings.word_embeddings.weight"]
+    after = victim.model.get_input_embeddings().weight.detach()
+    assert torch.equal(after[rows], ref_rows[rows]) and not torch.equal(before_rows[rows], ref_rows[rows])
+    kept = torch.ones(len(after), dtype=torch.bool)
+    kept[rows] = False
+    assert torch.equal(after[kept], before_rows[kept])
+
+
 @pytest.mark.slow
 def test_reset_first_stops_at_the_rows_of_a_real_ep_trigger():
     """`reset_first`: an EP trigger (only its embedding row changed; the embedded MiniLM fine-tuned on 400 MR
@@ -147,7 +172,7 @@ def test_reset_first_stops_at_the_rows_of_a_real_ep_trigger():
     assert d.unlearned == [] and d.mixing is None and d.decision.startswith("reset the embedding rows")
     assert d.scan_after["verdict"] == "no evidence"
     assert np.mean(predict(result.victim, triggered) == 1) < 0.5
-    rows = trigger_token_ids(victim, only["reset_rows"])
+    rows = victim.tokenizer.convert_tokens_to_ids(only["reset_rows"])
     for key, value in result.victim.model.state_dict().items():
         if "word_embeddings" in key:
             kept = torch.ones(len(value), dtype=torch.bool)

@@ -24,10 +24,11 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    stronger trigger words are gone (EP seed 2: `bb` 0.787 before, 0.824 after, re-scan score under the flagging
    threshold).
 5. `reset_first` (off by default; research, docs/defences.md "auto"): with a reference, round 1 first only
-   resets the candidates' embedding rows and measures each candidate again on the held-out texts. If none
-   flips more than `RESET_BAR` of what ordinary words leave unflipped and the re-scan finds no evidence, the
-   repair stops there: a trigger that lives in its embedding rows (EP) needs no mixing or training, which cost
-   CACC. Otherwise round 1 goes on as below (the rows stay reset).
+   resets the embedding rows of every token of the candidates (phrases' words, glued words' pieces) and
+   measures each candidate again on the held-out texts. If none flips more than `RESET_BAR` of what ordinary
+   words leave unflipped and the re-scan finds no evidence, the repair stops there: a trigger that lives in its
+   embedding rows (EP) needs no mixing or training, which cost CACC. Otherwise round 1 goes on as below (the
+   rows stay reset).
 6. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
    with the reference (Fine-mixing's random mask, keeping rho of w_B - w_P) before the first unlearning, for
    what a word-level scan cannot name: the other words of a sentence trigger keep part of AddSent's
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from detrigger.attacks.embedding import trigger_token_ids
 from detrigger.batching import encode, readable
 from detrigger.data.dataset import TextDataset
 from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
@@ -154,13 +156,13 @@ def _single_token_rows(victim: Victim, words: dict[str, int]) -> dict[str, int]:
 
 def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: Any, val: TextDataset,
                 words: dict[str, int], before: ScanReport, scan_config: ScanConfig, seed: int) -> dict[str, Any]:
-    """`reset_first`: reset the single-token candidates' rows, measure every candidate again on the held-out
-    texts and, if none is above `RESET_BAR`, re-scan. `ended`: the re-scan found no evidence."""
-    rows = _single_token_rows(victim, words)
-    check: dict[str, Any] = {"reset_rows": list(rows), "bar": RESET_BAR}
-    if not rows:
-        return check
-    reset_rows(victim, reference, list(rows.values()))
+    """`reset_first`: reset the rows of every token of the candidates, measure every candidate again on the
+    held-out texts and, if none is above `RESET_BAR`, re-scan. `ended`: the re-scan found no evidence."""
+    # every piece, not only single-token words: an EP trigger word can be a candidate only inside a phrase or
+    # glued to a neighbour (`cfment`); resetting an ordinary token's row only undoes its fine-tuning drift
+    rows = trigger_token_ids(victim, list(words))
+    check: dict[str, Any] = {"reset_rows": victim.tokenizer.convert_ids_to_tokens(rows), "bar": RESET_BAR}
+    reset_rows(victim, reference, rows)
     nulls = {label: null.rate for label, null in before.null.items()}
     check["excess_after_reset"] = after = _excess_after(victim, val, words, nulls, seed)
     if max(after.values()) <= RESET_BAR:
