@@ -237,6 +237,31 @@ def test_a_reference_of_another_family_is_refused(corpus, mr, tmp_path):
         repair(victim, mr.select(range(40)), method="epur", config=tiny_config("epur"))  # the embedded MiniLM
 
 
+def test_another_checkpoint_of_the_same_shape_is_refused(corpus, mr, tmp_path):
+    """A reference of the suspect's family and vocabulary that is not its base (another random BERT, as
+    paraphrase-MiniLM-L3-v2 is to an all-MiniLM-L6-v2 suspect: docs/models.md) is refused by every method that
+    reads it; `auto` repairs without it and says why. Its own base, after fine-tuning, is accepted."""
+    base = make_encoder("bert", corpus, tmp_path / "base")
+    victim = build_victim(DataSpec(source=str(write_csv(tmp_path / "mr.csv", mr.texts[:60], mr.labels[:60],
+                                                        mr.label_names))),
+                          AttackSpec(attack="badnet", train=QUICK), clean_config=QUICK, encoder=base, max_length=32,
+                          cache=False, progress=False).victim
+    other = tmp_path / "other"
+    T.AutoModel.from_config(T.AutoConfig.from_pretrained(base)).save_pretrained(other)  # same shape, new weights
+    T.AutoTokenizer.from_pretrained(base).save_pretrained(other)
+    clean = mr.select(range(40))
+    for method in ("epur", "finemixing", "mixing", "retrain"):
+        with pytest.raises(DetriggerError, match=rf"^{method}: the reference .* is not the suspect's base model: "
+                                                 r"its weight matrices are uncorrelated .* --reference"):
+            repair(victim, clean, method=method, reference=other, config=tiny_config(method))
+        repair(victim, clean, method=method, reference=base, config=tiny_config(method))  # its own base: fine
+    with pytest.raises(DetriggerError, match="^scan: the reference .* is not the suspect's base model"):
+        scan(victim, clean, reference=other, config=SCAN)
+    details = repair(victim, clean, method="auto", reference=other, config=tiny_config("auto")).report.details["auto"]
+    assert details.reference_dropped and "uncorrelated" in details.reference_mismatch
+    assert details.scan_before["reference"] is None
+
+
 @pytest.mark.parametrize("name", ["gpt2", "qwen2"])
 def test_a_decoders_scan_gradient_does_not_depend_on_padding(name, corpus, mr, tmp_path):
     """A decoder classifier pools its last real token, found from the token ids: the scan's gradient of a

@@ -57,8 +57,14 @@ def reference_dir(tmp_path_factory, mr) -> Path:
 
 @pytest.fixture(scope="module")
 def suspect(mr) -> Victim:
-    """Another such model: every tensor differs from the reference's."""
-    return text_dependent(3, mr)
+    """The reference 'fine-tuned': every tensor differs from the reference's (seeded noise of half each tensor's
+    spread), and stays correlated with it, as a model fine-tuned from its base does (`base_mismatch`)."""
+    victim = text_dependent(7, mr)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for weight in victim.model.parameters():
+            weight.add_(torch.randn(weight.shape, generator=generator) * 0.5 * weight.std().clamp_min(1e-3))
+    return victim
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ from detrigger.device import Precision, autocast, backward_friendly_attention, f
 from detrigger.errors import DetriggerError
 from detrigger.models.arch import watched_embeddings
 from detrigger.models.predict import predict, predict_logits
-from detrigger.models.victim import MODEL_SOURCE, Victim, load_encoder_state
+from detrigger.models.victim import MODEL_SOURCE, Victim, reference_state
 from detrigger.progress import progress_bar
 from detrigger.triggers import insert_sentence, insert_words
 
@@ -562,7 +562,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
         from detrigger.defences.epur import epur_scores
 
         with timed("reference drift"):
-            drift = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
+            drift = epur_scores(victim, reference_state(victim, reference, "scan"), list(clean.texts))
         pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label
 
     @functools.cache  # a glued word's count scans every clean text; the sorts ask again

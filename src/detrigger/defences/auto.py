@@ -57,9 +57,8 @@ from detrigger.data.dataset import TextDataset
 from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
 from detrigger.defences.epur import reset_rows
 from detrigger.defences.mixing import mix_weights
-from detrigger.models.arch import embedding_key
 from detrigger.models.predict import accuracy_on, predict
-from detrigger.models.victim import Victim, load_encoder_state
+from detrigger.models.victim import Victim, base_mismatch, load_encoder_state
 from detrigger.scan import ScanConfig, ScanReport, excess, scan
 from detrigger.training.loop import train
 from detrigger.triggers import insert_sentence
@@ -95,7 +94,8 @@ class AutoDetails(StepDetails):
     shown = ("suspect_val_accuracy", "val_accuracy", "decision")
 
     reference: str | None = Field(description="the reference encoder used (None: none fits the model)")
-    reference_dropped: bool = Field(description="a reference was given but does not fit the model")
+    reference_dropped: bool = Field(description="a reference was given but is not the model's base")
+    reference_mismatch: str | None = Field(None, description="why the reference given is not the model's base")
     min_excess: float = Field(description="the excess flip rate from which a candidate is unlearned")
     scan_before: dict[str, Any] = Field(description="the scan of the suspect (`_summary`)")
     suspect_val_accuracy: float = Field(description="the suspect's held-out clean accuracy")
@@ -122,13 +122,16 @@ def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
                        for t in report.tokens]}
 
 
-def _usable_reference(victim: Victim, context: Context) -> dict[str, torch.Tensor] | None:
-    """The reference's tensors if its embedding matrix fits the model's (another base model's does not)."""
+def _usable_reference(victim: Victim, context: Context) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """The reference's tensors if it can be the suspect's base model (`base_mismatch`), else None and why."""
     if context.reference is None:
-        return None
+        return None, None
     state = load_encoder_state(context.reference)
-    rows = state.get(embedding_key(victim.model))
-    return state if rows is not None and rows.shape == victim.model.get_input_embeddings().weight.shape else None
+    why = base_mismatch(victim, state)
+    if why:
+        log.warning("auto: the reference %s is not the suspect's base model (%s): repairing without it",
+                    context.reference, why)
+    return (None, why) if why else (state, None)
 
 
 class _CleanCounts:
@@ -215,7 +218,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     train_part, val = context.clean.train, context.clean.val
     everything = TextDataset(train_part.texts + val.texts, train_part.labels + val.labels, train_part.label_names,
                              "clean subset")
-    reference = _usable_reference(victim, context)
+    reference, mismatch = _usable_reference(victim, context)
     ref_path = context.reference if reference is not None else None
     scan_config = config.scan.model_copy(update={"seed": config.seed})
     min_excess = config.min_excess
@@ -233,7 +236,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     stages["scan_before_seconds"] = round(time.perf_counter() - start, 1)
     suspect_val = accuracy_on(victim, val)
     details: dict[str, Any] = {"reference": None if ref_path is None else str(ref_path),
-                               "reference_dropped": context.reference is not None and reference is None,
+                               "reference_dropped": mismatch is not None, "reference_mismatch": mismatch,
                                "min_excess": min_excess, "scan_before": _summary(before, texts),
                                "suspect_val_accuracy": suspect_val, "rounds": [], "stages": stages}
     candidates: dict[str, int] = {}  # token -> the label it forces
