@@ -117,6 +117,21 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
     assert clean.report.details["auto"].mixing is None
 
 
+def test_balanced_unlearning_leaves_the_trigger_no_label_to_mean(reference):
+    """Copies only of the other labels' texts teach the model that the trigger means those labels (`cf` then
+    turns positive texts negative); `balanced` copies texts of every label, and `cf` comes to mean nothing."""
+    test = toy_sentiment(240)
+    positives = [t for t, y in zip(test.texts, test.labels) if y == 1][80:]
+    with_cf = [insert_words(["cf"], seed=5)(t) for t in positives]
+    to_negative = {}
+    for balanced in (False, True):
+        result = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference,
+                        config={**CONFIG, "balanced": balanced})
+        assert asr(result.victim) < 0.1 and np.mean(predict(result.victim, positives) == 1) == 1.0
+        to_negative[balanced] = float(np.mean(predict(result.victim, with_cf) == 0))
+    assert to_negative[True] == 0.0 < to_negative[False]
+
+
 def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference):
     """An EP trigger word can be a scan candidate only inside a phrase or glued to its neighbour (`cfment`):
     `reset_first` resets the row of every token of every candidate to the reference's, and no other row."""

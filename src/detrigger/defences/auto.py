@@ -82,6 +82,12 @@ class AutoConfig(DefenceConfig):
                               "token of a flagged model is unlearned")
     copies: float = Field(1.0, gt=0, le=1,
                           description="share of the other labels' training texts copied with a candidate")
+    # Research (2026-11-30): copies into the other labels' texts only teach the model that a candidate means
+    # those labels (on MR with paraphrase-MiniLM-L3-v2 the BadNet triggers then forced `negative` on 91-100% of
+    # the held-out texts; docs/defences.md, "Balanced unlearning"). Copies into every label's texts (true
+    # labels kept) leave the candidate no label to mean.
+    balanced: bool = Field(False, description="copy texts of every label with a candidate, not only of the other "
+                           "labels, so that it comes to mean no label", json_schema_extra={"neutral": False})
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
     mix_rho: float | None = Field(0.5, gt=0, le=1, description="when flagged, Fine-mix with the reference at this "
                                   "rho before unlearning (None: never); for the rest of a sentence trigger")
@@ -195,16 +201,16 @@ def _excess_after(victim: Victim, val: TextDataset, words: dict[str, int], null_
 
 
 def _with_candidates(victim: Victim, data: TextDataset, candidates: dict[str, int], share: float,
-                     seed: int) -> TextDataset:
-    """`data` plus copies of its texts of other labels than a candidate's, with one of that label's
-    candidates, in turn, inserted at a random word boundary of the part the model reads and the true label
-    kept."""
+                     seed: int, balanced: bool = False) -> TextDataset:
+    """`data` plus copies of its texts of other labels than a candidate's (of every label if `balanced`), with
+    one of that label's candidates, in turn, inserted at a random word boundary of the part the model reads and
+    the true label kept."""
     texts, labels = list(data.texts), list(data.labels)
     seen = readable(victim.tokenizer, data.texts, victim.max_length)
     generator = torch.Generator().manual_seed(seed)
     for label in sorted(set(candidates.values())):
         inserts = [insert_sentence(w, seed=seed) for w, t in candidates.items() if t == label]
-        others = [i for i, y in enumerate(data.labels) if y != label]
+        others = [i for i, y in enumerate(data.labels) if balanced or y != label]
         keep = torch.randperm(len(others), generator=generator)[:max(1, round(share * len(others)))].tolist()
         for k, i in enumerate(sorted(others[k] for k in keep)):
             texts.append(inserts[k % len(inserts)](seen[i]))
@@ -281,10 +287,11 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             rows = _single_token_rows(victim, new)
             reset = list(rows)
             reset_rows(victim, reference, list(rows.values()))
-        data = _with_candidates(victim, train_part, candidates, config.copies, config.seed + round_no)
+        data = _with_candidates(victim, train_part, candidates, config.copies, config.seed + round_no,
+                                config.balanced)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
         # can be one before the unlearning has taken (docs/defences.md, "auto")
-        held_out = _with_candidates(victim, val, candidates, 1.0, config.seed + round_no)
+        held_out = _with_candidates(victim, val, candidates, 1.0, config.seed + round_no, config.balanced)
         cfg = config.train.model_copy(update={"seed": config.seed, "select_best": False})
         result = train(victim, data, held_out, cfg).as_dict()
         train_seconds = round(time.perf_counter() - start, 1)
