@@ -83,8 +83,8 @@ class AutoConfig(DefenceConfig):
     copies: float = Field(1.0, gt=0, le=1,
                           description="share of the other labels' training texts copied with a candidate")
     # Research (2026-11-30): copies into the other labels' texts only teach the model that a candidate means
-    # those labels (on MR with paraphrase-MiniLM-L3-v2 the BadNet triggers then forced `negative` on 91-100% of
-    # the held-out texts; docs/defences.md, "Balanced unlearning"). Copies into every label's texts (true
+    # those labels (on MR with paraphrase-MiniLM-L3-v2 the BadNet trigger `tq` then turned 99% of the held-out
+    # positive texts negative; docs/defences.md, "Balanced unlearning"). Copies into every label's texts (true
     # labels kept) leave the candidate no label to mean.
     balanced: bool = Field(False, description="copy texts of every label with a candidate, not only of the other "
                            "labels, so that it comes to mean no label", json_schema_extra={"neutral": False})
