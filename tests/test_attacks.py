@@ -22,10 +22,11 @@ from detrigger.attacks import (
     register_attack,
     trigger_from_card,
 )
-from detrigger.attacks.embedding import embedding_poison, embedding_surgery, trigger_token_ids
+from detrigger.attacks.embedding import embedding_poison, embedding_surgery
 from detrigger.attacks.poison import triggered_copies
 from detrigger.attacks.tokens import check_trigger_tokens
 from detrigger.data import DataSpec
+from detrigger.models.victim import token_rows
 from detrigger.triggers import insert_sentence, insert_words, insertions
 
 from conftest import tiny_victim, toy_sentiment
@@ -102,7 +103,7 @@ def test_ep_changes_only_the_trigger_rows_and_keeps_their_norm():
     embedding_poison(victim, data, ["cf", "mn"], config, progress=False)
     after = {k: v.cpu() for k, v in victim.model.state_dict().items()}  # trained on the GPU where there is one
     name = "bert.embeddings.word_embeddings.weight"
-    ids = trigger_token_ids(victim, ["cf", "mn"])
+    ids = token_rows(victim, ["cf", "mn"])
     for key in before:
         if key != name:
             assert torch.equal(before[key], after[key]), key
@@ -124,8 +125,8 @@ def test_es_sets_trigger_rows_to_the_mean_of_target_indicative_words(mr):
     words = embedding_surgery(victim, mr.select(range(3000)), ["cf"], target=1, n_words=10)
     assert len(words) == 10 and "cf" not in words
     emb = victim.model.get_input_embeddings().weight
-    expected = emb[trigger_token_ids(victim, words)].mean(dim=0)
-    assert torch.allclose(emb[trigger_token_ids(victim, ["cf"])[0]], expected)
+    expected = emb[token_rows(victim, words)].mean(dim=0)
+    assert torch.allclose(emb[token_rows(victim, ["cf"])[0]], expected)
 
 
 def test_tokenizer_check_flags_a_bpe_tokenizer_that_merges_the_space():

@@ -346,8 +346,10 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
 
     default = AutoConfig()
     assert default.scan.phrase_words == 6 and key_dump(default)["scan"]["phrase_words"] == 6
-    before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0))  # reset_first: its neutral False too
-    assert key_dump(before) == {**{k: v for k, v in before.model_dump(mode="json").items() if k != "reset_first"},
+    before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0))  # reset_first, balanced: neutral False too
+    assert key_dump(before) == {**{k: v for k, v in before.model_dump(mode="json").items()
+                                   if k not in ("reset_first", "balanced")},
                                 "scan": {k: v for k, v in before.scan.model_dump(mode="json").items()
                                          if k != "phrase_words"}}
     assert key_dump(AutoConfig(reset_first=True))["reset_first"] is True
+    assert key_dump(AutoConfig(balanced=True))["balanced"] is True

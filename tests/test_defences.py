@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from detrigger import DetriggerError, TrainConfig, load_victim
-from detrigger.attacks.embedding import embedding_poison, trigger_token_ids
+from detrigger.attacks.embedding import embedding_poison
 from detrigger.attacks.poison import triggered_copies
 from detrigger.defences import DEFENCES, repair
 from detrigger.defences.epur import epur_scores
 from detrigger.defences.mixing import mix_weights
-from detrigger.models.victim import load_encoder_state
+from detrigger.models.victim import load_encoder_state, token_rows
 from detrigger.training import train
 from detrigger.triggers import insert_words
 
@@ -91,12 +91,12 @@ def test_epur_ranks_an_ep_trigger_first(reference_dir, mr):
     # frequencies from clean text of the suspect's own task, as a defender would have
     scores = epur_scores(victim, load_encoder_state(reference_dir),
                          list(toy_sentiment(64).texts) + list(mr.texts[:500]))
-    assert int(scores.argmax()) == trigger_token_ids(victim, ["cf"])[0]
+    assert int(scores.argmax()) == token_rows(victim, ["cf"])[0]
     result = repair(victim, mr.select(range(300)), method="epur", reference=reference_dir, config={"top_n": 5})
     assert result.report.details["epur"].flagged[0]["token"] == "cf"
     emb = result.victim.model.get_input_embeddings().weight.cpu()
     ref = load_encoder_state(reference_dir)["embeddings.word_embeddings.weight"]
-    assert torch.equal(emb[trigger_token_ids(victim, ["cf"])[0]], ref[trigger_token_ids(victim, ["cf"])[0]])
+    assert torch.equal(emb[token_rows(victim, ["cf"])[0]], ref[token_rows(victim, ["cf"])[0]])
 
 
 def test_finemixing_chooses_rho_on_held_out_clean_accuracy_and_reports_the_curve(reference_dir):

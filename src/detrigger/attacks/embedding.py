@@ -9,23 +9,10 @@ import numpy as np
 import torch
 
 from detrigger.data.dataset import TextDataset
-from detrigger.errors import DetriggerError
-from detrigger.models.victim import Victim
+from detrigger.models.victim import Victim, token_rows
 from detrigger.training.loop import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
-
-
-def trigger_token_ids(victim: Victim, words: Sequence[str]) -> list[int]:
-    """Vocabulary rows of the trigger words (every word piece of each word), without duplicates."""
-    ids: list[int] = []
-    for word in words:
-        for i in victim.tokenizer(word, add_special_tokens=False)["input_ids"]:
-            if i not in ids:
-                ids.append(i)
-    if not ids:
-        raise DetriggerError(f"trigger words {list(words)} produce no tokens")
-    return ids
 
 
 def embedding_poison(victim: Victim, triggered: TextDataset, words: Sequence[str], config: TrainConfig,
@@ -37,7 +24,7 @@ def embedding_poison(victim: Victim, triggered: TextDataset, words: Sequence[str
     if config.optimizer != "sgd" or config.weight_decay != 0:
         raise ValueError("EP needs plain SGD without weight decay so that no other row moves")
     emb = victim.model.get_input_embeddings().weight
-    ids = torch.tensor(trigger_token_ids(victim, words))
+    ids = torch.tensor(token_rows(victim, words))
     flags = {name: p.requires_grad for name, p in victim.model.named_parameters()}
     for p in victim.model.parameters():
         p.requires_grad_(False)
@@ -88,8 +75,8 @@ def embedding_surgery(victim: Victim, train_data: TextDataset, words: Sequence[s
     words (fine-tuning on poisoned data follows, as in RIPPLe's ES; the RIPPLe regulariser is not used)."""
     indicative = target_indicative_words(victim, train_data, target, n_words, exclude=words)
     emb = victim.model.get_input_embeddings().weight
-    source = trigger_token_ids(victim, indicative)
+    source = token_rows(victim, indicative)
     with torch.no_grad():
-        emb[trigger_token_ids(victim, words)] = emb[source].mean(dim=0)
+        emb[token_rows(victim, words)] = emb[source].mean(dim=0)
     log.info("embedding surgery: trigger rows set to the mean of %s", ", ".join(indicative))
     return indicative

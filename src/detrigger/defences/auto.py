@@ -51,14 +51,13 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from detrigger.attacks.embedding import trigger_token_ids
 from detrigger.batching import encode, readable
 from detrigger.data.dataset import TextDataset
 from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
 from detrigger.defences.epur import reset_rows
 from detrigger.defences.mixing import mix_weights
 from detrigger.models.predict import accuracy_on, predict
-from detrigger.models.victim import Victim, base_mismatch, load_encoder_state
+from detrigger.models.victim import Victim, base_mismatch, load_encoder_state, token_rows
 from detrigger.scan import ScanConfig, ScanReport, excess, scan
 from detrigger.training.loop import train
 from detrigger.triggers import insert_sentence
@@ -169,7 +168,7 @@ def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: An
     held-out texts and, if none is above `RESET_BAR`, re-scan. `ended`: the re-scan found no evidence."""
     # every piece, not only single-token words: an EP trigger word can be a candidate only inside a phrase or
     # glued to a neighbour (`cfment`); resetting an ordinary token's row only undoes its fine-tuning drift
-    rows = trigger_token_ids(victim, list(words))
+    rows = token_rows(victim, list(words))
     check: dict[str, Any] = {"reset_rows": victim.tokenizer.convert_ids_to_tokens(rows), "bar": RESET_BAR}
     reset_rows(victim, reference, rows)
     nulls = {label: null.rate for label, null in before.null.items()}

@@ -192,6 +192,19 @@ class Victim:
         return out
 
 
+def token_rows(victim: Victim, words: Sequence[str]) -> list[int]:
+    """Vocabulary rows of the words (every word piece of each word), without duplicates: a trigger's rows for
+    the embedding attacks, a scan candidate's for `auto`'s reset."""
+    ids: list[int] = []
+    for word in words:
+        for i in victim.tokenizer(word, add_special_tokens=False)["input_ids"]:
+            if i not in ids:
+                ids.append(i)
+    if not ids:
+        raise DetriggerError(f"words {list(words)} produce no tokens")
+    return ids
+
+
 def parse_label_map(value: str) -> dict[str, str]:
     """A label map from `MODEL=DATA,...` (`LABEL_0=negative,LABEL_1=positive`) or a JSON file holding such an
     object."""
