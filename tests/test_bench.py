@@ -278,6 +278,18 @@ def test_report_tables_stage_times_of_the_defences_that_report_them():
     assert "Repair stages" not in markdown(records[:1])
 
 
+def test_report_shows_the_reverse_effect_only_where_a_record_measured_it():
+    from detrigger.bench.report import markdown
+
+    base = {"data": "mr", "attack": "badnet", "clean_fraction": 0.2, "cacc": 0.8, "asr": 0.3, "trigger_effect": 0.1}
+    old = [record(**base, defence="ft", seed=0)]  # made before the reverse effect was measured
+    assert "reverse effect" not in markdown(old)
+    new = old + [record(**base, defence="auto", seed=0, reverse_effect=0.25)]
+    rows = {line.split(" | ")[1]: line for line in markdown(new).splitlines() if line.startswith("| badnet")}
+    assert "| trigger effect | reverse effect | RA |" in markdown(new)
+    assert "| 10.00 ± 0.00 | 25.00 ± 0.00 | - |" in rows["auto"] and "| 10.00 ± 0.00 | - | - |" in rows["ft"]
+
+
 def mr_csv(path: Path, n: int = 160, flip: bool = False) -> Path:
     """A CSV file of real MR sentences (labels flipped with `flip`)."""
     import csv

@@ -16,6 +16,7 @@ def test_poisoned_test_set_keeps_only_non_target_samples():
     p = poisoned_test_set(test, lambda t: t + " cf", target=1)
     assert p.clean.texts == ("a b", "e f") and p.triggered.texts == ("a b cf", "e f cf")
     assert p.triggered.labels == (0, 2)
+    assert p.own.texts == ("c d", "g h") and p.own_triggered.texts == ("c d cf", "g h cf")
 
 
 def test_evaluate_matches_predictions_computed_by_hand(mr):
@@ -34,6 +35,10 @@ def test_evaluate_matches_predictions_computed_by_hand(mr):
     assert m.target_rate == pytest.approx((predict(victim, non_target) == 1).mean())
     assert m.trigger_effect == pytest.approx(m.asr - m.target_rate)
     assert m.asr_floor == pytest.approx((predict(reference, triggered) == 1).mean())
+    own = [t for t, y in zip(test.texts, test.labels) if y == 1]
+    assert m.n_target_texts == len(own) == len(test) - len(non_target)
+    assert m.reverse_effect == pytest.approx((predict(victim, [trigger(t) for t in own]) != 1).mean()
+                                             - (predict(victim, own) != 1).mean())
 
 
 def test_clean_only_evaluation_has_no_attack_figures(mr):

@@ -50,6 +50,8 @@ class CellRecord(BaseModel):
     trigger_effect: float | None = None
     asr_floor: float | None = None
     floor_target_rate: float | None = None
+    n_target_texts: int | None = None  # the reverse effect (records since 2026-11-30: absent before)
+    reverse_effect: float | None = None
     saved_cacc: float | None = None  # the folder `repair` saves (weights alone), as plain transformers runs it
     saved_asr: float | None = None
     saved_trigger_effect: float | None = None

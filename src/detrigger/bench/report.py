@@ -22,7 +22,7 @@ from detrigger.bench.spec import BASELINES, BenchSpec
 from detrigger.errors import DetriggerError
 from detrigger.io import write_json
 
-METRICS = ("cacc", "asr", "trigger_effect", "ra", "target_rate", "asr_floor")
+METRICS = ("cacc", "asr", "trigger_effect", "ra", "target_rate", "asr_floor", "reverse_effect")
 log = logging.getLogger(__name__)
 
 SAVED = ("saved_cacc", "saved_asr", "saved_trigger_effect")  # the saved folder, as plain transformers runs it
@@ -163,17 +163,23 @@ def markdown(records: list[CellRecord], title: str | None = None) -> str:
     for key, rs in groups(records).items():
         by_data[key[0]].append((key, rs))
     for data, rows in by_data.items():
+        # the reverse effect: only where some record measured it (records since 2026-11-30)
+        shown = ["cacc", "asr", "trigger_effect", "ra", "asr_floor"]
+        if any(r.reverse_effect is not None for _, rs in rows for r in rs):
+            shown.insert(3, "reverse_effect")
+        reverse = "reverse effect | " if "reverse_effect" in shown else ""
         lines += [f"**{data}** (percent, mean ± std over seeds; trigger effect = ASR − the same model's target "
-                  "rate on the untriggered texts)", "",
-                  "| attack | defence | clean | seeds | CACC | ASR | trigger effect | RA | ASR floor "
+                  "rate on the untriggered texts" + ("; reverse effect = the target-label texts the trigger moves "
+                                                     "off the target, minus those off it without" if reverse else "")
+                  + ")", "",
+                  f"| attack | defence | clean | seeds | CACC | ASR | trigger effect | {reverse}RA | ASR floor "
                   "| saved folder: CACC / trigger effect | repair time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * bool(reverse)]
         for (_, attack, defence, fraction), rs in rows:
             secs = mean_std([r.seconds for r in rs], scale=1)
             clean = "-" if fraction is None else f"{100 * fraction:g}%"
             lines.append(f"| {attack} | {defence} | {clean} | {len(rs)} | "
-                         + " | ".join(_fmt(mean_std([getattr(r, m) for r in rs]))
-                                      for m in ("cacc", "asr", "trigger_effect", "ra", "asr_floor"))
+                         + " | ".join(_fmt(mean_std([getattr(r, m) for r in rs])) for m in shown)
                          + f" | {_saved(rs)} | {'-' if secs is None else f'{secs[0]:.0f}'} |")
         lines.append("")
         lines += _stage_table(rows)
