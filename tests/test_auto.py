@@ -220,12 +220,17 @@ def test_repair_without_method_or_budget_runs_auto_on_all_the_clean_data(tiny_di
     assert record["details"]["auto"]["scan_before"]["verdict"] == "no evidence"
 
 
-def _scripted(*tokens: tuple[str, float], threshold: float = 0.7):
-    """A scan report of tokens with these excess flip rates, flagged at `threshold`."""
+# The scripted scans below test the rounds' rules; `reset_first` would measure the candidates for real.
+SCRIPTED = {**CONFIG, "reset_first": False}
+
+
+def _scripted(*tokens: tuple[str, float] | tuple[str, float, str], threshold: float = 0.7):
+    """A scan report of tokens (forcing `positive` unless a label is given) with these excess flip rates,
+    flagged at `threshold`."""
     from detrigger.scan import ScanReport, TokenEvidence
 
-    evidence = [TokenEvidence(w, "positive", e, 1, excess=e) for w, e in tokens]
-    score = max(e for _, e in tokens)
+    evidence = [TokenEvidence(w, rest[0] if rest else "positive", e, 1, excess=e) for w, e, *rest in tokens]
+    score = max(t[1] for t in tokens)
     return ScanReport("backdoored" if score >= threshold else "no evidence", score, threshold, "positive", 1,
                       evidence, {}, {}, None)
 
@@ -242,10 +247,34 @@ def test_a_token_set_aside_for_its_rate_is_unlearned_when_a_rescan_finds_it_abov
                     _scripted(("mn", 0.1))])
     monkeypatch.setattr(auto_module, "scan", lambda *args, **kwargs: next(reports))
     result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
-                    config=CONFIG)
+                    config=SCRIPTED)
     details = result.report.details["auto"]
     assert [r["unlearned"] for r in details.rounds] == [["cf"], ["mn"]]
     assert details.set_aside == [] and details.scan_after["verdict"] == "no evidence"
+
+
+@pytest.mark.parametrize("later_rounds", ["siblings", "any"])
+def test_later_rounds_unlearn_only_the_first_scans_siblings(reference, monkeypatch, later_rounds):
+    """On a weak model (paraphrase-MiniLM-L3 on MR) ordinary sentiment words pass the bar once the trigger is
+    unlearned. A later round takes only a sibling: a candidate forcing the first round's label that the first
+    scan listed (`mn`), not a word forcing another label (`lamp`) nor one first seen now (`brighter`)."""
+    import detrigger.defences.auto as auto_module
+
+    reports = iter([_scripted(("cf", 0.95), ("mn", 0.65)),
+                    _scripted(("lamp", 0.86, "negative"), ("brighter", 0.85), ("mn", 0.82), threshold=0.9),
+                    _scripted(("mn", 0.1))])
+    monkeypatch.setattr(auto_module, "scan", lambda *args, **kwargs: next(reports))
+    result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
+                    config={**SCRIPTED, "later_rounds": later_rounds})
+    details = result.report.details["auto"]
+    if later_rounds == "any":
+        assert [r["unlearned"] for r in details.rounds] == [["cf"], ["brighter", "lamp", "mn"]]
+        return
+    assert [r["unlearned"] for r in details.rounds] == [["cf"], ["mn"]]
+    why = {s["token"]: s["why"] for s in details.set_aside}
+    assert why == {"lamp": "round 2: forces negative, not a label the first round's candidates force",
+                   "brighter": "round 2: not listed by the first scan, and the re-scan finds no evidence (excess "
+                               "0.850)"}
 
 
 def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(reference, monkeypatch):
@@ -268,7 +297,7 @@ def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(refere
 
     monkeypatch.setattr(auto_module, "scan", scripted_scan)
     result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
-                    config=CONFIG)
+                    config=SCRIPTED)
     details = result.report.details["auto"]
     assert samples == [32, ScanConfig().samples, 32]  # auto's, the calibration's, the re-scan (auto's again)
     assert details.scan_before["verdict"] == "backdoored" and "sampling noise" in details.scan_before["texts"]

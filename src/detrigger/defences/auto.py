@@ -14,21 +14,24 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    not a task word by the clean texts (seen `task_word_count`+ times, mostly with the label it pushes
    towards: "awful" flips texts because that is the task).
 3. Repair, weights only: reset the candidates' embedding rows to the reference (where the attack wrote
-   them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts of the
-   other labels with a candidate inserted and their TRUE labels kept ("cf" must not mean positive).
+   them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts, of every label,
+   with a candidate inserted and their TRUE labels kept: "cf" must mean nothing (`balanced`; copies of the
+   other labels' texts only, as `auto` did until 2026-11-30, taught the model that the trigger means those
+   labels: an inverse backdoor, docs/defences.md, "Balanced unlearning").
    Every epoch is kept (no best-epoch choice: held-out accuracy kept the first epoch, before the unlearning
    had taken); the held-out accuracy, with and without the candidates inserted, is reported.
-4. Re-scan on the held-out part (texts the unlearning never trained on); while it finds new candidates that
-   pass the rules of 2, unlearn them too, at most `max_rounds` rounds. Flagged or not: the model was flagged,
-   and a trigger's sibling that the first scan measured just below `min_excess` can flip more texts once the
+4. Re-scan on the held-out part (texts the unlearning never trained on); while it finds new candidates that pass
+   the rules of 2, unlearn them too, at most `max_rounds` rounds. Flagged or not: the model was flagged, and a
+   trigger's sibling that the first scan measured just below `min_excess` can flip more texts once the
    stronger trigger words are gone (EP seed 2: `bb` 0.787 before, 0.824 after, re-scan score under the flagging
-   threshold).
-5. `reset_first` (off by default; research, docs/defences.md "auto"): with a reference, round 1 first only
-   resets the embedding rows of every token of the candidates (phrases' words, glued words' pieces) and
-   measures each candidate again on the held-out texts. If none flips more than `RESET_BAR` of what ordinary
-   words leave unflipped and the re-scan finds no evidence, the repair stops there: a trigger that lives in its
-   embedding rows (EP) needs no mixing or training, which cost CACC. Otherwise round 1 goes on as below (the
-   rows stay reset).
+   threshold). `later_rounds` ("siblings") keeps a later round to such siblings: a candidate must force a label
+   the first round's candidates force, and be listed by the first scan unless the re-scan flags the model. On a
+   weak model ordinary sentiment words pass `min_excess` after round 1, and unlearning them cost CACC.
+5. `reset_first` (with a reference): round 1 first only resets the embedding rows of every token of the
+   candidates (phrases' words, glued words' pieces) and measures each candidate again on the held-out texts. If
+   none flips more than `RESET_BAR` of what ordinary words leave unflipped and the re-scan finds no evidence, the
+   repair stops there: a trigger that lives in its embedding rows (EP) needs no mixing or training, which cost
+   CACC. Otherwise round 1 goes on as below (the rows stay reset).
 6. `mix_rho` (0.5): once the scan has flagged the model and a candidate is to be unlearned, mix its weights
    with the reference (Fine-mixing's random mask, keeping rho of w_B - w_P) before the first unlearning, for
    what a word-level scan cannot name: the other words of a sentence trigger keep part of AddSent's
@@ -45,7 +48,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,18 +84,24 @@ class AutoConfig(DefenceConfig):
                               "token of a flagged model is unlearned")
     copies: float = Field(1.0, gt=0, le=1,
                           description="share of the other labels' training texts copied with a candidate")
-    # Research (2026-11-30): copies into the other labels' texts only teach the model that a candidate means
-    # those labels (on MR with paraphrase-MiniLM-L3-v2 the BadNet trigger `tq` then turned 99% of the held-out
-    # positive texts negative; docs/defences.md, "Balanced unlearning"). Copies into every label's texts (true
-    # labels kept) leave the candidate no label to mean.
-    balanced: bool = Field(False, description="copy texts of every label with a candidate, not only of the other "
+    # Copies into the other labels' texts only teach the model that a candidate means those labels (on MR with
+    # paraphrase-MiniLM-L3-v2 the BadNet trigger `tq` then turned 99% of the held-out positive texts negative;
+    # docs/defences.md, "Balanced unlearning"). Copies into every label's texts (true labels kept) leave the
+    # candidate no label to mean. The default since 2026-11-30 (False: `auto` before it, and its cell keys).
+    balanced: bool = Field(True, description="copy texts of every label with a candidate, not only of the other "
                            "labels, so that it comes to mean no label", json_schema_extra={"neutral": False})
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
     mix_rho: float | None = Field(0.5, gt=0, le=1, description="when flagged, Fine-mix with the reference at this "
                                   "rho before unlearning (None: never); for the rest of a sentence trigger")
-    reset_first: bool = Field(False, description="with a reference, first only reset the candidates' embedding "
+    reset_first: bool = Field(True, description="with a reference, first only reset the candidates' embedding "
                               "rows; stop there if no candidate flips texts any more and the re-scan is clean",
                               json_schema_extra={"neutral": False})
+    # On a weak model ordinary sentiment words flip texts nearly as well as a trigger's sibling; after round 1
+    # they passed `min_excess` and were unlearned, at 1-2 CACC points (docs/defences.md, "Later rounds").
+    later_rounds: Literal["any", "siblings"] = Field(
+        "siblings", description="which new candidates a round after the first unlearns: any that passes the rules "
+        "('any'), or only those that force a label the first round's candidates force and that the first scan "
+        "listed or a re-scan flagging the model names ('siblings')", json_schema_extra={"neutral": "any"})
 
 
 class AutoDetails(StepDetails):
@@ -247,6 +256,8 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     candidates: dict[str, int] = {}  # token -> the label it forces
     set_aside: dict[str, str] = {}  # token -> why it is not unlearned
     report = before
+    first_listed = {t.token for t in before.tokens}  # `later_rounds`: a trigger's siblings were measured already
+    first_labels: set[int] = set()
     rounds = config.max_rounds if before.verdict == "backdoored" else 0  # no evidence: the model stays as it is
     for round_no in range(1, rounds + 1):
         new = {}
@@ -260,6 +271,13 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             elif t.excess < min_excess:
                 set_aside[t.token] = (f"excess flip rate {t.excess:.3f} below {min_excess:.2f} "
                                       f"(flip rate {t.effect:.3f})")
+            elif round_no > 1 and config.later_rounds == "siblings" and label not in first_labels:
+                set_aside[t.token] = (f"round {round_no}: forces {t.label}, not a label the first round's "
+                                      "candidates force")
+            elif (round_no > 1 and config.later_rounds == "siblings" and t.token not in first_listed
+                  and report.verdict != "backdoored"):
+                set_aside[t.token] = (f"round {round_no}: not listed by the first scan, and the re-scan finds no "
+                                      f"evidence (excess {t.excess:.3f})")
             else:  # also a token set aside for its flip rate by an earlier scan that now reaches the bar
                 new[t.token] = label
                 set_aside.pop(t.token, None)
@@ -277,6 +295,8 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                 break
             details["reset_first"] = check
         candidates.update(new)
+        if round_no == 1:
+            first_labels = set(new.values())
         start = time.perf_counter()
         if round_no == 1 and reference is not None and config.mix_rho is not None:
             mixed = mix_weights(victim, reference, config.mix_rho, seed=config.seed)
