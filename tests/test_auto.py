@@ -117,19 +117,31 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
     assert clean.report.details["auto"].mixing is None
 
 
-def test_balanced_unlearning_leaves_the_trigger_no_label_to_mean(reference):
-    """Copies only of the other labels' texts teach the model that the trigger means those labels (`cf` then
-    turns positive texts negative); `balanced` copies texts of every label, and `cf` comes to mean nothing."""
+def test_copies_of_the_own_labels_texts_leave_the_trigger_no_label_to_mean(reference):
+    """Copies only of the other labels' texts (`own_share` 0) teach the model that the trigger means those labels
+    (`cf` then turns positive texts negative); with copies of its own label's texts too, `cf` comes to mean
+    nothing."""
     test = toy_sentiment(240)
     positives = [t for t, y in zip(test.texts, test.labels) if y == 1][80:]
     with_cf = [insert_words(["cf"], seed=5)(t) for t in positives]
     to_negative = {}
-    for balanced in (False, True):
+    for own_share in (0.0, 0.5):
         result = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference,
-                        config={**CONFIG, "balanced": balanced})
+                        config={**CONFIG, "own_share": own_share})
         assert asr(result.victim) < 0.1 and np.mean(predict(result.victim, positives) == 1) == 1.0
-        to_negative[balanced] = float(np.mean(predict(result.victim, with_cf) == 0))
-    assert to_negative[True] == 0.0 < to_negative[False]
+        to_negative[own_share] = float(np.mean(predict(result.victim, with_cf) == 0))
+    assert to_negative[0.5] == 0.0 < to_negative[0.0]
+
+
+def test_own_share_copies_that_share_of_the_own_labels_texts():
+    from detrigger.defences.auto import _with_candidates
+
+    victim, data = tiny_victim(), toy_sentiment(40)  # 20 texts a label
+    for own_share, own_copies in ((0.0, 0), (0.5, 10), (1.0, 20)):
+        out = _with_candidates(victim, data, {"cf": 1}, 1.0, seed=0, own_share=own_share)
+        copies = list(zip(out.texts[len(data):], out.labels[len(data):]))
+        assert all("cf" in t.split() for t, _ in copies)
+        assert (sum(y == 0 for _, y in copies), sum(y == 1 for _, y in copies)) == (20, own_copies)
 
 
 def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference):

@@ -358,10 +358,13 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
 
     default = AutoConfig()
     assert default.scan.phrase_words == 6 and key_dump(default)["scan"]["phrase_words"] == 6
-    before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0))  # reset_first, balanced: neutral False too
+    # auto as it was before these fields: each at its neutral value, so out of the key
+    before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0), reset_first=False, own_share=0,
+                        later_rounds="any")
     assert key_dump(before) == {**{k: v for k, v in before.model_dump(mode="json").items()
-                                   if k not in ("reset_first", "balanced")},
+                                   if k not in ("reset_first", "own_share", "later_rounds")},
                                 "scan": {k: v for k, v in before.scan.model_dump(mode="json").items()
                                          if k != "phrase_words"}}
-    assert key_dump(AutoConfig(reset_first=True))["reset_first"] is True
-    assert key_dump(AutoConfig(balanced=True))["balanced"] is True
+    # today's defaults are not neutral: they key as set
+    assert {k: key_dump(default)[k] for k in ("reset_first", "own_share", "later_rounds")} == {
+        "reset_first": True, "own_share": 0.5, "later_rounds": "siblings"}

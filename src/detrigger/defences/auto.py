@@ -15,7 +15,7 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    towards: "awful" flips texts because that is the task).
 3. Repair, weights only: reset the candidates' embedding rows to the reference (where the attack wrote
    them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts, of every label,
-   with a candidate inserted and their TRUE labels kept: "cf" must mean nothing (`balanced`; copies of the
+   with a candidate inserted and their TRUE labels kept: "cf" must mean nothing (`own_share`; copies of the
    other labels' texts only, as `auto` did until 2026-11-30, taught the model that the trigger means those
    labels: an inverse backdoor, docs/defences.md, "Balanced unlearning").
    Every epoch is kept (no best-epoch choice: held-out accuracy kept the first epoch, before the unlearning
@@ -84,12 +84,14 @@ class AutoConfig(DefenceConfig):
                               "token of a flagged model is unlearned")
     copies: float = Field(1.0, gt=0, le=1,
                           description="share of the other labels' training texts copied with a candidate")
-    # Copies into the other labels' texts only teach the model that a candidate means those labels (on MR with
-    # paraphrase-MiniLM-L3-v2 the BadNet trigger `tq` then turned 99% of the held-out positive texts negative;
-    # docs/defences.md, "Balanced unlearning"). Copies into every label's texts (true labels kept) leave the
-    # candidate no label to mean. The default since 2026-11-30 (False: `auto` before it, and its cell keys).
-    balanced: bool = Field(True, description="copy texts of every label with a candidate, not only of the other "
-                           "labels, so that it comes to mean no label", json_schema_extra={"neutral": False})
+    # Copies only of the other labels' texts (0, `auto` until 2026-11-30) taught the model that a named trigger
+    # means those labels (MR, paraphrase-MiniLM-L3-v2: the BadNet trigger `tq` then turned 99% of the held-out
+    # positive texts negative). As many of its own label's (1) left part of a sentence trigger that the scan
+    # names only in part (MR AddSent seed 2: trigger effect 10.90); half as many: 4.27 at the victim's CACC
+    # (docs/defences.md, "Balanced unlearning").
+    own_share: float = Field(0.5, ge=0, le=1, description="copies of texts of the candidate's own label (true label "
+                             "kept), as a share of the copies of the other labels' texts: the candidate comes to "
+                             "mean no label (0: only the other labels' texts)", json_schema_extra={"neutral": 0.0})
     reset_embeddings: bool = Field(True, description="reset the candidates' embedding rows to the reference")
     mix_rho: float | None = Field(0.5, gt=0, le=1, description="when flagged, Fine-mix with the reference at this "
                                   "rho before unlearning (None: never); for the rest of a sentence trigger")
@@ -209,17 +211,20 @@ def _excess_after(victim: Victim, val: TextDataset, words: dict[str, int], null_
 
 
 def _with_candidates(victim: Victim, data: TextDataset, candidates: dict[str, int], share: float,
-                     seed: int, balanced: bool = False) -> TextDataset:
-    """`data` plus copies of its texts of other labels than a candidate's (of every label if `balanced`), with
-    one of that label's candidates, in turn, inserted at a random word boundary of the part the model reads and
-    the true label kept."""
+                     seed: int, own_share: float = 0.0) -> TextDataset:
+    """`data` plus copies of its texts of other labels than a candidate's, and of `own_share` of its own
+    label's, with one of that label's candidates, in turn, inserted at a random word boundary of the part the
+    model reads and the true label kept."""
     texts, labels = list(data.texts), list(data.labels)
     seen = readable(victim.tokenizer, data.texts, victim.max_length)
     generator = torch.Generator().manual_seed(seed)
     for label in sorted(set(candidates.values())):
         inserts = [insert_sentence(w, seed=seed) for w, t in candidates.items() if t == label]
-        others = [i for i, y in enumerate(data.labels) if balanced or y != label]
+        others = [i for i, y in enumerate(data.labels) if own_share or y != label]
         keep = torch.randperm(len(others), generator=generator)[:max(1, round(share * len(others)))].tolist()
+        if 0 < own_share < 1:  # fewer copies of the candidate's own label's texts
+            own = [k for k in keep if data.labels[others[k]] == label]
+            keep = [k for k in keep if data.labels[others[k]] != label] + own[:round(own_share * len(own))]
         for k, i in enumerate(sorted(others[k] for k in keep)):
             texts.append(inserts[k % len(inserts)](seen[i]))
             labels.append(data.labels[i])
@@ -307,10 +312,10 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             reset = list(rows)
             reset_rows(victim, reference, list(rows.values()))
         data = _with_candidates(victim, train_part, candidates, config.copies, config.seed + round_no,
-                                config.balanced)
+                                config.own_share)
         # every epoch: the best epoch by held-out accuracy (on clean texts, or with the candidates inserted)
         # can be one before the unlearning has taken (docs/defences.md, "auto")
-        held_out = _with_candidates(victim, val, candidates, 1.0, config.seed + round_no, config.balanced)
+        held_out = _with_candidates(victim, val, candidates, 1.0, config.seed + round_no, config.own_share)
         cfg = config.train.model_copy(update={"seed": config.seed, "select_best": False})
         result = train(victim, data, held_out, cfg).as_dict()
         train_seconds = round(time.perf_counter() - start, 1)
