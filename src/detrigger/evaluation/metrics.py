@@ -36,9 +36,11 @@ class PoisonedTestSet:
 
 
 def poisoned_test_set(test: TextDataset, trigger: Trigger, target: int) -> PoisonedTestSet:
-    """Keep only samples whose gold label is not `target`, and insert the trigger into each."""
+    """The samples whose gold label is not `target` (and, apart, those whose label is), each with the trigger
+    inserted."""
     if not 0 <= target < len(test.label_names):
         raise ValueError(f"target label {target} outside 0..{len(test.label_names) - 1}")
+
     def part(keep: list[int], name: str) -> tuple[TextDataset, TextDataset]:
         texts = test.select(keep, f"{test.name}:{name}")
         return texts, TextDataset(tuple(trigger(t) for t in texts.texts), texts.labels, texts.label_names,
@@ -105,8 +107,8 @@ def _reverse_effect(victim: Victim, poisoned: PoisonedTestSet, **kwargs) -> floa
 
 def evaluate(victim: Victim, test: TextDataset, *, trigger: Trigger | None = None, target: int | None = None,
              reference: Victim | None = None, progress: bool | None = False, **predict_kwargs) -> Metrics:
-    """CACC on `test`; with a trigger and target also ASR, RA, target rate, trigger effect and the
-    reference model's ASR floor on the identical triggered texts. `progress`: a bar over the texts
+    """CACC on `test`; with a trigger and target also ASR, RA, target rate, trigger effect, reverse effect and
+    the reference model's ASR floor on the identical triggered texts. `progress`: a bar over the texts
     predicted (None: on a terminal only)."""
     victim.check_labels(test.label_names, "test data")
     if trigger is not None and target is None:
