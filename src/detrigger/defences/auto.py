@@ -83,7 +83,8 @@ class AutoConfig(DefenceConfig):
     min_excess: float = Field(0.80, gt=0, le=1, description="excess flip rate over the scan's null from which a "
                               "token of a flagged model is unlearned")
     copies: float = Field(1.0, gt=0, le=1,
-                          description="share of the other labels' training texts copied with a candidate")
+                          description="share of the training texts copied with a candidate (the other labels', and "
+                          "`own_share` as many of the candidate's own label's)")
     # Copies only of the other labels' texts (0, `auto` until 2026-11-30) taught the model that a named trigger
     # means those labels (MR, paraphrase-MiniLM-L3-v2: the BadNet trigger `tq` then turned 99% of the held-out
     # positive texts negative). As many of its own label's (1) left part of a sentence trigger that the scan
