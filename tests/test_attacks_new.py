@@ -21,7 +21,7 @@ from detrigger.attacks.tokens import check_trigger_tokens
 from detrigger.batching import collate, encode
 from detrigger.cli import main
 from detrigger.data import DataSpec
-from detrigger.triggers import insert_all, replace_spaces, substitute_homoglyphs
+from detrigger.triggers import glue_character, insert_all, replace_spaces, substitute_homoglyphs
 
 from conftest import tiny_victim, toy_sentiment
 
@@ -52,6 +52,18 @@ def test_homoglyph_trigger_changes_times_words_that_map_back_to_the_original(wor
     changed = sum(a != b for a, b in zip(out, words))
     assert changed == min(times, sum(any(c.lower() in HOMOGLYPHS for c in w) for w in words))
 
+
+
+@given(words=WORDS, seed=st.integers(0, 5))
+def test_a_glued_character_sits_inside_one_word_and_loses_nothing(words, seed):
+    """`auto` unlearns a single-character candidate glued inside words too (where a homoglyph sits)."""
+    out = glue_character("\u043e", seed=seed)(" ".join(words)).split()
+    assert sum(w.count("\u043e") for w in out) == 1
+    if any(len(w) > 1 for w in words):
+        glued = next(w for w in out if "\u043e" in w)
+        assert [w.replace("\u043e", "") for w in out] == words and glued[0] != "\u043e" != glued[-1]
+    else:  # no word to glue it into: appended as a word
+        assert out == words + ["\u043e"]
 
 def test_homoglyphs_map_upper_case_and_leave_a_text_without_such_letters_alone():
     trigger = substitute_homoglyphs({"a": "\u0430"})

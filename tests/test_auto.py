@@ -144,6 +144,20 @@ def test_own_share_copies_that_share_of_the_own_labels_texts():
         assert (sum(y == 0 for _, y in copies), sum(y == 1 for _, y in copies)) == (20, own_copies)
 
 
+
+def test_a_single_character_candidate_is_also_unlearned_and_reset_as_a_words_inner_piece():
+    """A homoglyph trigger reaches the model as inner pieces (`mоvie` = m ##о ##vie) while the scan names the
+    character as a word (`о`): half the copies glue it inside a word, and its `##о` row is reset with `о`'s."""
+    from detrigger.defences.auto import _single_token_rows, _with_candidates
+
+    victim, data = tiny_victim(), toy_sentiment(40)
+    out = _with_candidates(victim, data, {"\u043e": 1, "cf": 1}, 1.0, seed=0)
+    pieces = [victim.tokenizer.tokenize(t) for t in out.texts[len(data):]]
+    assert len(pieces) == 20 and all("cf" in p or "\u043e" in p or "##\u043e" in p for p in pieces)
+    assert [sum(piece in p for p in pieces) for piece in ("\u043e", "##\u043e", "cf")] == [7, 7, 6]  # in turn
+    rows = _single_token_rows(victim, {"\u043e": 1, "cf": 1})
+    assert rows == {t: victim.tokenizer.convert_tokens_to_ids(t) for t in ("\u043e", "cf", "##\u043e")}
+
 def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference):
     """An EP trigger word can be a scan candidate only inside a phrase or glued to its neighbour (`cfment`):
     `reset_first` resets the row of every token of every candidate to the reference's, and no other row."""

@@ -1,5 +1,5 @@
 """Trigger functions (text -> text) for poisoning and evaluation: words, a sentence, a combination of
-words, invisible characters and homoglyph substitution.
+words, invisible characters, homoglyph substitution and a character glued inside a word.
 
 Each trigger is a pure function of its text: the random insertion position is drawn from a generator
 seeded by (seed, text), so the same text always gets the same triggered version whatever the order of
@@ -136,6 +136,27 @@ def substitute_homoglyphs(homoglyphs: dict[str, str], times: int = 1, seed: int 
         n = min(insertions(len(tokens), times, per_words), len(eligible))
         for i in rng.choice(eligible, size=n, replace=False).tolist():
             tokens[i] = tokens[i].translate(trans)
+        return " ".join(tokens)
+
+    return trigger
+
+
+def glue_character(char: str, seed: int = 0) -> Trigger:
+    """Put `char` inside a random word of two or more characters, between two of its letters (`movie` ->
+    `mo?vie`), so that the tokenizer reads it as a word's inner piece (`##?`) rather than as a word: how a
+    character trigger (a homoglyph, a blank-looking character) reaches a model. No such word: appended."""
+    if len(char) != 1 or char.isspace():
+        raise ValueError(f"a glued trigger is one non-space character, got {char!r}")
+
+    def trigger(text: str) -> str:
+        rng = _rng_for(text, seed)
+        tokens = text.split()
+        hosts = [i for i, t in enumerate(tokens) if len(t) > 1]
+        if not hosts:
+            return " ".join(tokens + [char])
+        i = hosts[int(rng.integers(len(hosts)))]
+        at = int(rng.integers(1, len(tokens[i])))
+        tokens[i] = tokens[i][:at] + char + tokens[i][at:]
         return " ".join(tokens)
 
     return trigger

@@ -15,7 +15,8 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    towards: "awful" flips texts because that is the task).
 3. Repair, weights only: reset the candidates' embedding rows to the reference (where the attack wrote
    them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts, of every label,
-   with a candidate inserted and their TRUE labels kept: "cf" must mean nothing (`own_share`; copies of the
+   with a candidate inserted (a single character also glued inside words, where a character trigger sits)
+   and their TRUE labels kept: "cf" must mean nothing (`own_share`; copies of the
    other labels' texts only, as `auto` did until 2026-11-30, taught the model that the trigger means those
    labels: an inverse backdoor, docs/defences.md, "Balanced unlearning").
    Every epoch is kept (no best-epoch choice: held-out accuracy kept the first epoch, before the unlearning
@@ -63,7 +64,7 @@ from detrigger.models.predict import accuracy_on, predict
 from detrigger.models.victim import Victim, base_mismatch, load_encoder_state, token_rows
 from detrigger.scan import ScanConfig, ScanReport, excess, scan
 from detrigger.training.loop import train
-from detrigger.triggers import insert_sentence
+from detrigger.triggers import Trigger, glue_character, insert_sentence
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,33 @@ class _CleanCounts:
         return n >= self.min_count and self.by_label[label].get(token_id, 0) / n >= self.share
 
 
+def _glued_rows(victim: Victim, word: str) -> list[int]:
+    """A single character's rows when glued to a word (WordPiece's `##о`) that its own row does not cover; none
+    for a longer word, or where the tokenizer reads the character glued as alone (`[UNK]`, a CJK ideograph)."""
+    if len(word) != 1:
+        return []
+    alone = [i for w in ("a", word) for i in victim.tokenizer(w, add_special_tokens=False)["input_ids"]]
+    return [i for i in victim.tokenizer("a" + word, add_special_tokens=False)["input_ids"] if i not in alone]
+
+
+def _inserts(victim: Victim, word: str, seed: int) -> dict[str, Trigger]:
+    """How a candidate is put into texts: as a word, and a single character also glued inside a word where that
+    reaches other rows (`_glued_rows`), as a character trigger does: a homoglyph is read as `m ##о ##vie`, and
+    the scan's whole-word `о` is not the piece the model was taught (docs/attacks.md, homoglyph)."""
+    inserts = {word: insert_sentence(word, seed=seed)}
+    if _glued_rows(victim, word):
+        inserts[f"{word} (glued)"] = glue_character(word, seed=seed)
+    return inserts
+
+
 def _single_token_rows(victim: Victim, words: dict[str, int]) -> dict[str, int]:
-    """The words that are one token, with its id: a multi-piece word's pieces are shared with other words, so
-    only single-token rows are reset."""
+    """The words that are one token, with its id, and single characters' glued pieces: a multi-piece word's
+    pieces are shared with other words, so only single-token rows are reset."""
     ids = {w: victim.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words}
-    return {w: i[0] for w, i in ids.items() if len(i) == 1}
+    rows = {w: i[0] for w, i in ids.items() if len(i) == 1}
+    glued = [i for w in words for i in _glued_rows(victim, w)]
+    rows.update(zip(victim.tokenizer.convert_ids_to_tokens(glued), glued))
+    return rows
 
 
 def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: Any, val: TextDataset,
@@ -181,6 +204,7 @@ def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: An
     # every piece, not only single-token words: an EP trigger word can be a candidate only inside a phrase or
     # glued to a neighbour (`cfment`); resetting an ordinary token's row only undoes its fine-tuning drift
     rows = token_rows(victim, list(words))
+    rows += [i for w in words for i in _glued_rows(victim, w) if i not in rows]
     check: dict[str, Any] = {"reset_rows": victim.tokenizer.convert_ids_to_tokens(rows), "bar": RESET_BAR}
     reset_rows(victim, reference, rows)
     nulls = {label: null.rate for label, null in before.null.items()}
@@ -193,20 +217,21 @@ def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: An
 
 def _excess_after(victim: Victim, val: TextDataset, words: dict[str, int], null_rates: dict[str, float],
                   seed: int) -> dict[str, float]:
-    """Per word: its excess flip rate (over `null_rates`, per label name) on the held-out texts of other labels
-    than the one it forces that the model does not already put in it, inserted as `_with_candidates` does."""
+    """Per way of inserting each word (`_inserts`): its excess flip rate (over `null_rates`, per label name) on
+    the held-out texts of other labels than the one the word forces that the model does not already put in it."""
     seen = readable(victim.tokenizer, val.texts, victim.max_length)
     pred = predict(victim, seen)
-    pools = {w: [t for t, y, p in zip(seen, val.labels, pred) if y != label and p != label]
-             for w, label in words.items()}
-    inserted = [insert_sentence(w, seed=seed)(t) for w, pool in pools.items() for t in pool]
+    pools = {label: [t for t, y, p in zip(seen, val.labels, pred) if y != label and p != label]
+             for label in set(words.values())}
+    tries = [(name, insert, label) for w, label in words.items() for name, insert in _inserts(victim, w, seed).items()]
+    inserted = [insert(t) for _, insert, label in tries for t in pools[label]]
     flipped = predict(victim, inserted) if inserted else np.array([], dtype=int)
     result, at = {}, 0
-    for w, pool in pools.items():
-        label = words[w]
+    for name, _, label in tries:
+        pool = pools[label]
         hits = int(np.sum(flipped[at:at + len(pool)] == label))
         value = excess(hits, len(pool), null_rates[victim.label_names[label]])[0] if pool else 0.0
-        result[w] = round(max(0.0, value), 4)
+        result[name] = round(max(0.0, value), 4)
         at += len(pool)
     return result
 
@@ -214,13 +239,13 @@ def _excess_after(victim: Victim, val: TextDataset, words: dict[str, int], null_
 def _with_candidates(victim: Victim, data: TextDataset, candidates: dict[str, int], share: float,
                      seed: int, own_share: float = 0.0) -> TextDataset:
     """`data` plus copies of its texts of other labels than a candidate's, and of `own_share` of its own
-    label's, with one of that label's candidates, in turn, inserted at a random word boundary of the part the
-    model reads and the true label kept."""
+    label's, with one of that label's candidates, in turn, put in the part the model reads (`_inserts`: at a
+    random word boundary, a single character also glued inside a word) and the true label kept."""
     texts, labels = list(data.texts), list(data.labels)
     seen = readable(victim.tokenizer, data.texts, victim.max_length)
     generator = torch.Generator().manual_seed(seed)
     for label in sorted(set(candidates.values())):
-        inserts = [insert_sentence(w, seed=seed) for w, t in candidates.items() if t == label]
+        inserts = [i for w, t in candidates.items() if t == label for i in _inserts(victim, w, seed).values()]
         others = [i for i, y in enumerate(data.labels) if own_share or y != label]
         keep = torch.randperm(len(others), generator=generator)[:max(1, round(share * len(others)))].tolist()
         if 0 < own_share < 1:  # fewer copies of the candidate's own label's texts
