@@ -53,7 +53,6 @@ def test_homoglyph_trigger_changes_times_words_that_map_back_to_the_original(wor
     assert changed == min(times, sum(any(c.lower() in HOMOGLYPHS for c in w) for w in words))
 
 
-
 @given(words=WORDS, seed=st.integers(0, 5))
 def test_a_glued_character_sits_inside_one_word_and_loses_nothing(words, seed):
     """`auto` unlearns a single-character candidate glued inside words too (where a homoglyph sits)."""
@@ -64,6 +63,7 @@ def test_a_glued_character_sits_inside_one_word_and_loses_nothing(words, seed):
         assert [w.replace("\u043e", "") for w in out] == words and glued[0] != "\u043e" != glued[-1]
     else:  # no word to glue it into: appended as a word
         assert out == words + ["\u043e"]
+
 
 def test_homoglyphs_map_upper_case_and_leave_a_text_without_such_letters_alone():
     trigger = substitute_homoglyphs({"a": "\u0430"})

@@ -144,7 +144,6 @@ def test_own_share_copies_that_share_of_the_own_labels_texts():
         assert (sum(y == 0 for _, y in copies), sum(y == 1 for _, y in copies)) == (20, own_copies)
 
 
-
 def test_a_single_character_candidate_is_also_unlearned_and_reset_as_a_words_inner_piece():
     """A homoglyph trigger reaches the model as inner pieces (`mоvie` = m ##о ##vie) while the scan names the
     character as a word (`о`): half the copies glue it inside a word, and its `##о` row is reset with `о`'s."""
@@ -157,6 +156,7 @@ def test_a_single_character_candidate_is_also_unlearned_and_reset_as_a_words_inn
     assert [sum(piece in p for p in pieces) for piece in ("\u043e", "##\u043e", "cf")] == [7, 7, 6]  # in turn
     rows = _single_token_rows(victim, {"\u043e": 1, "cf": 1})
     assert rows == {t: victim.tokenizer.convert_tokens_to_ids(t) for t in ("\u043e", "cf", "##\u043e")}
+
 
 def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference):
     """An EP trigger word can be a scan candidate only inside a phrase or glued to its neighbour (`cfment`):

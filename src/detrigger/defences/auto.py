@@ -15,10 +15,10 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    towards: "awful" flips texts because that is the task).
 3. Repair, weights only: reset the candidates' embedding rows to the reference (where the attack wrote
    them, as EP and ES do), then fine-tune on the clean training part plus copies of its texts, of every label,
-   with a candidate inserted (a single character also glued inside words, where a character trigger sits)
-   and their TRUE labels kept: "cf" must mean nothing (`own_share`; copies of the
-   other labels' texts only, as `auto` did until 2026-11-30, taught the model that the trigger means those
-   labels: an inverse backdoor, docs/defences.md, "Balanced unlearning").
+   with a candidate inserted (a single character also glued inside words where the tokenizer reads it
+   differently there: where a homoglyph trigger sits) and their TRUE labels kept: "cf" must mean nothing
+   (`own_share`; copies of the other labels' texts only, as `auto` did until 2026-11-30, taught the model that
+   the trigger means those labels: an inverse backdoor, docs/defences.md, "Balanced unlearning").
    Every epoch is kept (no best-epoch choice: held-out accuracy kept the first epoch, before the unlearning
    had taken); the held-out accuracy, with and without the candidates inserted, is reported.
 4. Re-scan on the held-out part (texts the unlearning never trained on); while it finds new candidates that pass
