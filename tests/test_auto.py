@@ -12,7 +12,7 @@ import torch
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
 from detrigger.defences import repair
-from detrigger.models.predict import accuracy, predict
+from detrigger.models.predict import accuracy, predict, predict_logits
 from detrigger.scan import ScanConfig, unknown_probe
 from detrigger.training import train
 from detrigger.triggers import insert_words, replace_spaces
@@ -119,18 +119,26 @@ def test_auto_mixes_with_the_reference_only_when_flagged(reference):
 
 def test_copies_of_the_own_labels_texts_leave_the_trigger_no_label_to_mean(reference):
     """Copies only of the other labels' texts (`own_share` 0) teach the model that the trigger means those labels
-    (`cf` then turns positive texts negative); with copies of its own label's texts too, `cf` comes to mean
-    nothing."""
+    (`cf` then pushes positive texts towards negative); with copies of its own label's texts too, `cf` comes to
+    mean nothing. The toy model is too sure of its texts for `cf` to flip them (on MR it did: docs/defences.md,
+    "Balanced unlearning"), so the push is measured on the logit margin."""
     test = toy_sentiment(240)
     positives = [t for t, y in zip(test.texts, test.labels) if y == 1][80:]
     with_cf = [insert_words(["cf"], seed=5)(t) for t in positives]
-    to_negative = {}
+
+    def margin(victim, texts):  # how far towards negative
+        logits = predict_logits(victim, texts)
+        return logits[:, 0] - logits[:, 1]
+
+    push = {}
     for own_share in (0.0, 0.5):
         result = repair(_model(reference, rate=0.3), toy_sentiment(160), method="auto", reference=reference,
                         config={**CONFIG, "own_share": own_share})
         assert asr(result.victim) < 0.1 and np.mean(predict(result.victim, positives) == 1) == 1.0
-        to_negative[own_share] = float(np.mean(predict(result.victim, with_cf) == 0))
-    assert to_negative[0.5] == 0.0 < to_negative[0.0]
+        push[own_share] = float(np.mean(margin(result.victim, with_cf) - margin(result.victim, positives)))
+        if own_share:
+            assert np.mean(predict(result.victim, with_cf) == 0) == 0.0
+    assert abs(push[0.5]) < 0.01 < push[0.0]
 
 
 def test_own_share_copies_that_share_of_the_own_labels_texts():
@@ -171,7 +179,7 @@ def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference
     state = {k: v.clone() for k, v in victim.model.state_dict().items()}
     ref_state = load_encoder_state(reference)
     words = {"cf mn world": 1, "cfment": 1}
-    check = _reset_only(victim, ref_state, reference, clean, words, before, CONFIG["scan"], seed=1)
+    check = _reset_only(victim, ref_state, reference, clean, words, before, CONFIG["scan"], seed=1, drift=None)
     assert check["reset_rows"] == ["cf", "mn", "world", "##ment"]
     assert set(check["excess_after_reset"]) == set(words)
     rows = victim.tokenizer.convert_tokens_to_ids(check["reset_rows"])

@@ -455,3 +455,20 @@ def test_a_crash_is_exit_status_2_never_a_verdict(word_victim, tmp_path, monkeyp
     monkeypatch.setattr(scan_module, "scan", crash)
     assert main(["scan", str(folder), "--clean", str(data), "--no-progress"]) == 2
     assert "internal error" in caplog.text and "out of memory" in caplog.text
+
+
+def test_a_given_drift_picks_the_drifted_candidates(word_victim):
+    """`drift` (what `auto` re-scans a repaired model with: the suspect's) stands in for the model's own: the
+    phrase candidate is its most-drifted words, in its order, and the drift scores reported are its. Without
+    the reference it was measured against it is refused."""
+    victim, reference, _ = word_victim
+    words = ["uncle", "harbour", "violin", "tomorrow"]  # none in the toy texts: no task words
+    ids = [victim.tokenizer.convert_tokens_to_ids(w) for w in words]
+    drift = torch.zeros(victim.model.get_input_embeddings().weight.shape[0])
+    drift[ids] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    config = QUICK.model_copy(update={"phrase_words": 4, "report": 100, "verify": 100, "screen_samples": 0})
+    report = scan(victim, toy_sentiment(80), reference=reference, config=config, drift=drift)
+    assert {t.token for t in report.tokens if " " in t.token} == {" ".join(words)}
+    assert {t.token: t.drift_score for t in report.tokens if t.token in words} == dict(zip(words, [4.0, 3.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="reference"):
+        scan(victim, toy_sentiment(32), config=QUICK, drift=drift)

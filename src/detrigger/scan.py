@@ -529,10 +529,13 @@ def _sample_not_predicted(victim: Victim, pool: list[str], target: int, samples:
 
 
 def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = None,
-         config: ScanConfig | None = None, progress: bool | None = False) -> ScanReport:
+         config: ScanConfig | None = None, progress: bool | None = False,
+         drift: torch.Tensor | None = None) -> ScanReport:
     """Scan `victim` with labelled clean texts (held out from any training); see the module docstring.
     `progress`: a bar over the steps (per label: its predictions, each gradient round, each candidate
-    measured; None: on a terminal only)."""
+    measured; None: on a terminal only). `drift` (with `reference`): the embedding drift that picks the drifted
+    candidates (top rows, glued words, the phrase) instead of this model's own; `auto` re-scans a repaired model
+    with the suspect's, so that rows the repair itself moved are not taken for a trigger."""
     config = config or ScanConfig()
     start = time.perf_counter()
     victim.check_labels(clean.label_names, "clean data")
@@ -557,12 +560,14 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     counts = sum(by_label, Counter[int]())
     # the null: ordinary words of the clean texts (whole-word tokens, drawn uniformly over the distinct ones)
     ordinary = sorted(i for i in counts if allowed[i])
-    drift = None
+    if reference is None and drift is not None:
+        raise ValueError("scan: `drift` needs the reference it was measured against")
     if reference is not None:
         from detrigger.defences.epur import epur_scores
 
         with timed("reference drift"):
-            drift = epur_scores(victim, reference_state(victim, reference, "scan"), list(clean.texts))
+            if drift is None:
+                drift = epur_scores(victim, reference_state(victim, reference, "scan"), list(clean.texts))
         pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label
 
     @functools.cache  # a glued word's count scans every clean text; the sorts ask again

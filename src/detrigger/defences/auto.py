@@ -27,7 +27,8 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    stronger trigger words are gone (EP seed 2: `bb` 0.787 before, 0.824 after, re-scan score under the flagging
    threshold). `later_rounds` ("siblings") keeps a later round to such siblings: a candidate must force a label
    the first round's candidates force, and be listed by the first scan unless the re-scan flags the model. On a
-   weak model ordinary sentiment words pass `min_excess` after round 1, and unlearning them cost CACC.
+   weak model ordinary sentiment words pass `min_excess` after round 1, and unlearning them cost CACC. Every
+   scan picks its drifted candidates by the suspect's embedding drift: the rows the repair moved are no trigger.
 5. `reset_first` (with a reference): round 1 first only resets the embedding rows of every token of the
    candidates (phrases' words, glued words' pieces) and measures each candidate again on the held-out texts. If
    none flips more than `RESET_BAR` of what ordinary words leave unflipped and the re-scan finds no evidence, the
@@ -58,7 +59,7 @@ from pydantic import Field
 from detrigger.batching import encode, readable
 from detrigger.data.dataset import TextDataset
 from detrigger.defences.base import Context, DefenceConfig, StepDetails, register
-from detrigger.defences.epur import reset_rows
+from detrigger.defences.epur import epur_scores, reset_rows
 from detrigger.defences.mixing import mix_weights
 from detrigger.models.predict import accuracy_on, predict
 from detrigger.models.victim import Victim, base_mismatch, load_encoder_state, token_rows
@@ -198,7 +199,8 @@ def _single_token_rows(victim: Victim, words: dict[str, int]) -> dict[str, int]:
 
 
 def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: Any, val: TextDataset,
-                words: dict[str, int], before: ScanReport, scan_config: ScanConfig, seed: int) -> dict[str, Any]:
+                words: dict[str, int], before: ScanReport, scan_config: ScanConfig, seed: int,
+                drift: torch.Tensor | None) -> dict[str, Any]:
     """`reset_first`: reset the rows of every token of the candidates, measure every candidate again on the
     held-out texts and, if none is above `RESET_BAR`, re-scan. `ended`: the re-scan found no evidence."""
     # every piece, not only single-token words: an EP trigger word can be a candidate only inside a phrase or
@@ -210,7 +212,7 @@ def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: An
     nulls = {label: null.rate for label, null in before.null.items()}
     check["excess_after_reset"] = after = _excess_after(victim, val, words, nulls, seed)
     if max(after.values()) <= RESET_BAR:
-        rescan = scan(victim, val, reference=ref_path, config=scan_config)
+        rescan = scan(victim, val, reference=ref_path, config=scan_config, drift=drift)
         check.update(scan=_summary(rescan, "held-out clean texts"), ended=rescan.verdict != "backdoored")
     return check
 
@@ -270,14 +272,18 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     counts = _CleanCounts(victim, everything, scan_config.task_word_count, scan_config.task_word_share)
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    before = scan(victim, everything, reference=ref_path, config=scan_config)
+    # the suspect's embedding drift picks the drifted candidates of every scan, the re-scans' too: the repair moves
+    # rows itself (Fine-mixing, the unlearning), and a phrase of the words it moved flipped every held-out text of
+    # a weak model once its trigger was gone (MR, paraphrase-MiniLM-L3-v2, BadNet seed 2: docs/defences.md)
+    drift = None if reference is None else epur_scores(victim, reference, list(everything.texts))
+    before = scan(victim, everything, reference=ref_path, config=scan_config, drift=drift)
     texts = "all clean texts"
     calibrated = ScanConfig.model_fields["samples"].default  # the texts per label the threshold was set at
     if before.undecided and scan_config.samples < calibrated:
         texts += (f", {calibrated} per label: at {scan_config.samples} the verdict ({before.verdict}, "
                   f"{before.score:.3f}) was within the texts' sampling noise of the threshold")
         before = scan(victim, everything, reference=ref_path,
-                      config=scan_config.model_copy(update={"samples": calibrated}))
+                      config=scan_config.model_copy(update={"samples": calibrated}), drift=drift)
     stages["scan_before_seconds"] = round(time.perf_counter() - start, 1)
     suspect_val = accuracy_on(victim, val)
     details: dict[str, Any] = {"reference": None if ref_path is None else str(ref_path),
@@ -316,7 +322,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             break
         if round_no == 1 and config.reset_first and reference is not None and config.reset_embeddings:
             start = time.perf_counter()
-            check = _reset_only(victim, reference, ref_path, val, new, before, scan_config, config.seed + 1)
+            check = _reset_only(victim, reference, ref_path, val, new, before, scan_config, config.seed + 1, drift)
             check["seconds"] = round(time.perf_counter() - start, 1)
             if check.get("ended"):
                 details["rounds"].append({"round": 1, "unlearned": [], "copies": 0, "train_seconds": 0.0,
@@ -346,7 +352,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
         result = train(victim, data, held_out, cfg).as_dict()
         train_seconds = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
-        report = scan(victim, val, reference=ref_path, config=scan_config)
+        report = scan(victim, val, reference=ref_path, config=scan_config, drift=drift)
         details["rounds"].append({"round": round_no, "unlearned": sorted(new), "reset_rows": reset,
                                   "copies": len(data) - len(train_part),
                                   "val_accuracy_with_candidates": result["history"][-1].get("val_accuracy"),
