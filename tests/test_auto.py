@@ -141,6 +141,29 @@ def test_copies_of_the_own_labels_texts_leave_the_trigger_no_label_to_mean(refer
     assert abs(push[0.5]) < 0.01 < push[0.0]
 
 
+def test_every_scan_of_auto_ranks_drifted_candidates_by_the_suspects_drift(reference, monkeypatch):
+    """The repair moves rows itself (the unlearning, Fine-mixing): every scan `auto` runs, the re-scans too, is
+    given the suspect's embedding drift, measured before the repair touched it (docs/defences.md, "auto")."""
+    import detrigger.defences.auto as auto_module
+    from detrigger.defences.epur import epur_scores
+    from detrigger.models.victim import load_encoder_state
+
+    victim, clean = _model(reference, rate=0.3), toy_sentiment(160)
+    suspect = epur_scores(victim, load_encoder_state(reference), list(clean.texts))
+    given, real = [], auto_module.scan
+
+    def scan_and_note(*args, drift=None, **kwargs):
+        given.append(drift)
+        return real(*args, drift=drift, **kwargs)
+
+    monkeypatch.setattr(auto_module, "scan", scan_and_note)
+    result = repair(victim, clean, method="auto", reference=reference, config=CONFIG)
+    assert len(result.report.details["auto"].rounds) >= 1 and len(given) >= 2  # the first scan and a re-scan
+    assert all(d is not None and torch.equal(d, suspect) for d in given)
+    moved = epur_scores(result.victim, load_encoder_state(reference), list(clean.texts))
+    assert not torch.equal(moved, suspect)  # the repaired model's own drift differs: the test can tell them apart
+
+
 def test_own_share_copies_that_share_of_the_own_labels_texts():
     from detrigger.defences.auto import _with_candidates
 
