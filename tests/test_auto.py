@@ -202,7 +202,8 @@ def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference
     state = {k: v.clone() for k, v in victim.model.state_dict().items()}
     ref_state = load_encoder_state(reference)
     words = {"cf mn world": 1, "cfment": 1}
-    check = _reset_only(victim, ref_state, reference, clean, words, before, CONFIG["scan"], seed=1, drift=None)
+    rescan = lambda: scan(victim, clean, reference=reference, config=CONFIG["scan"])  # noqa: E731
+    check = _reset_only(victim, ref_state, clean, words, before, rescan, seed=1)
     assert check["reset_rows"] == ["cf", "mn", "world", "##ment"]
     assert set(check["excess_after_reset"]) == set(words)
     rows = victim.tokenizer.convert_tokens_to_ids(check["reset_rows"])
@@ -332,6 +333,48 @@ def test_later_rounds_unlearn_only_the_first_scans_siblings(reference, monkeypat
     assert why == {"lamp": "round 2: forces negative, not a label the first round's candidates force",
                    "brighter": "round 2: not listed by the first scan, and the re-scan finds no evidence (excess "
                                "0.850)"}
+
+
+@pytest.mark.parametrize("rescan_vocabulary", [False, True])
+def test_rescans_measure_the_first_scans_tokens_again_without_the_vocabulary_pass(reference, monkeypatch,
+                                                                                   rescan_vocabulary):
+    """The vocabulary pass is half a re-scan's time: the re-scans skip it (unless `rescan_vocabulary`) and
+    measure again every token the first scan listed and every token unlearned so far."""
+    import detrigger.defences.auto as auto_module
+
+    reports = iter([_scripted(("cf", 0.95), ("mn", 0.65)), _scripted(("mn", 0.82), ("zq", 0.3)),
+                    _scripted(("mn", 0.1))])
+    calls = []
+
+    def scripted_scan(*args, config, known=(), **kwargs):
+        calls.append((config.vocabulary_candidates, list(known)))
+        return next(reports)
+
+    monkeypatch.setattr(auto_module, "scan", scripted_scan)
+    repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
+           config={**SCRIPTED, "rescan_vocabulary": rescan_vocabulary})
+    vocabulary = CONFIG["scan"].vocabulary_candidates
+    again = vocabulary if rescan_vocabulary else 0
+    assert calls == [(vocabulary, []), (again, ["cf", "mn"]), (again, ["cf", "mn"])]
+
+
+def test_without_a_reference_that_fits_the_report_warns_what_the_scans_cannot_see(reference, monkeypatch,
+                                                                                  tmp_path):
+    """A reference that is not the suspect's base is dropped; without one the scans see single words only (MR
+    AddSent: `3d` unlearned, the re-scan clean, the sentence still flipping a third of the texts): the report says
+    so. With the reference there is no warning."""
+    import detrigger.defences.auto as auto_module
+    from detrigger.defences.auto import NO_REFERENCE
+
+    other = tiny_victim(seed=3).save(tmp_path / "other")  # another random model: weights uncorrelated with its base
+    for given, warned in ((other, True), (reference, False)):
+        reports = iter([_scripted(("cf", 0.95)), _scripted(("cf", 0.1))])
+        monkeypatch.setattr(auto_module, "scan", lambda *args, reports=reports, **kwargs: next(reports))
+        details = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=given,
+                         config=SCRIPTED).report.details["auto"]
+        assert details.reference_dropped is warned
+        assert (details.summary().get("warning") == NO_REFERENCE) is warned
+        assert ("warning" in details.facts().model_fields_set) is warned
 
 
 def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(reference, monkeypatch):

@@ -51,6 +51,12 @@ def test_scans_before_and_after_from_a_steps_details():
     assert "| after | no evidence | 0.310 | negative | - |" in card
 
 
+def test_a_steps_warning_is_on_the_card():
+    card = render_card(record(method="auto", details={"auto": {"warning": "no reference fits this model"}}))
+    assert "**Warning: no reference fits this model.**" in card
+    assert "Warning" not in render_card(record())
+
+
 def test_a_purifier_left_out_or_shipped_is_said_so():
     left_out = record(method="mbtsad", accuracy_with_purifier=0.79)
     note = left_out["saved"]["note"]

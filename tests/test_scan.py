@@ -472,3 +472,21 @@ def test_a_given_drift_picks_the_drifted_candidates(word_victim):
     assert {t.token: t.drift_score for t in report.tokens if t.token in words} == dict(zip(words, [4.0, 3.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="reference"):
         scan(victim, toy_sentiment(32), config=QUICK, drift=drift)
+
+
+def test_known_words_are_measured_for_every_label_phrases_against_phrases(word_victim):
+    """`known` (what `auto` re-scans a repaired model with: the first scan's tokens): a whole word, a multi-piece
+    word and a phrase are measured for every label besides the scan's own candidates, the phrase against the null
+    words in phrases as long."""
+    victim, _, _ = word_victim
+    known = ["cf", "marmalade", "uncle harbour violin"]
+    assert len(victim.tokenizer("marmalade", add_special_tokens=False)["input_ids"]) > 1
+    config = QUICK.model_copy(update={"candidates": 1, "rounds": 1, "report": 100, "verify": 100,
+                                      "screen_samples": 0, "phrase_words": 0})
+    report = scan(victim, toy_sentiment(80), config=config, known=known)
+    measured = {(t.token, t.label) for t in report.tokens}
+    assert {(w, label) for w in known for label in victim.label_names} <= measured
+    assert all(n.phrase_rate is not None for n in report.null.values())  # null phrases of the known phrase's length
+    plain = scan(victim, toy_sentiment(80), config=config)
+    assert all(n.phrase_rate is None for n in plain.null.values())
+    assert "marmalade" not in {t.token for t in plain.tokens}

@@ -2,8 +2,9 @@
 
 Hugging Face YAML front matter, then the suspect, what was done, the clean budget, held-out clean
 accuracy before and after, the time, the scans before and after when the report has them (`scan_before` /
-`scan_after` dicts, at the top level or in a step's details), whether plain `transformers` runs the folder
-as detrigger does, and how to run it. Generic: it reads keys, so any defence's report renders.
+`scan_after` dicts, at the top level or in a step's details) and a step's `warning`, whether plain
+`transformers` runs the folder as detrigger does, and how to run it. Generic: it reads keys, so any
+defence's report renders.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def render_card(record: dict[str, Any]) -> str:
                 lines.append(f"| {when} | {s.get('verdict', '-')} | {score} | {s.get('target_label', '-')} "
                              f"| {_tokens(s)} |")
         lines.append("")
+    warnings = [d["warning"] for d in record.get("details", {}).values() if isinstance(d, dict) and d.get("warning")]
+    lines += [f"**Warning: {w}.**\n" for w in warnings]
     note = record["saved"].get("note")
     call = 'classify(["a gripping, funny film"], truncation=True)'
     if record.get("max_length"):

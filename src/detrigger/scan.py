@@ -69,7 +69,7 @@ import itertools
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -530,12 +530,14 @@ def _sample_not_predicted(victim: Victim, pool: list[str], target: int, samples:
 
 def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = None,
          config: ScanConfig | None = None, progress: bool | None = False,
-         drift: torch.Tensor | None = None) -> ScanReport:
+         drift: torch.Tensor | None = None, known: Sequence[str] = ()) -> ScanReport:
     """Scan `victim` with labelled clean texts (held out from any training); see the module docstring.
     `progress`: a bar over the steps (per label: its predictions, each gradient round, each candidate
     measured; None: on a terminal only). `drift` (with `reference`): the embedding drift that picks the drifted
     candidates (top rows, glued words, the phrase) instead of this model's own; `auto` re-scans a repaired model
-    with the suspect's, so that rows the repair itself moved are not taken for a trigger."""
+    with the suspect's, so that rows the repair itself moved are not taken for a trigger. `known`: words, glued
+    words or phrases measured for every label besides the scan's own candidates (`auto` re-scans a repaired
+    model without the vocabulary pass, and measures again every token the first scan listed)."""
     config = config or ScanConfig()
     start = time.perf_counter()
     victim.check_labels(clean.label_names, "clean data")
@@ -636,11 +638,16 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                                     config.phrase_words)
             if phrase:
                 words[phrase] = phrase
+            for word in known:
+                if word not in words.values():
+                    ids = victim.tokenizer(word, add_special_tokens=False)["input_ids"]
+                    words[ids[0] if len(ids) == 1 and typeable[ids[0]] == word else word] = word
             drawn = (ordinary[i] for i in null_rng.permutation(len(ordinary)) if ordinary[i] not in words)
             null_words = [typeable[i] for i in itertools.islice(drawn, config.null_words)]
-            k = config.phrase_words  # the null words in phrases of the phrase's length: the phrase's null
+            # the null words in phrases of the phrase's length: the phrase's null (a known phrase's, without one)
+            k = config.phrase_words or max(len(w.split()) for w in words.values())
             null_phrases = [" ".join(null_words[j:j + k]) for j in range(0, len(null_words) - k + 1, k)
-                            ] if phrase else []
+                            ] if any(" " in w for w in words.values()) else []
 
             def flips(batch: list[str], sample: list[str], target: int = target) -> np.ndarray:
                 """Per word: how many texts of `sample` it flips to `target` (one batched pass)."""
@@ -675,7 +682,8 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             measured_here: list[tuple[TokenEvidence, int]] = []
             for key, hits in zip(kept, total):
                 n, share, task = evidence(key, target)
-                null_rate = phrase_null if key == phrase else null_hits / null_n  # a phrase against phrases
+                # a phrase against phrases
+                null_rate = phrase_null if phrase_null is not None and " " in words[key] else null_hits / null_n
                 value, low, high = excess(int(hits), len(texts), null_rate)
                 single = isinstance(key, int)
                 measured_here.append((TokenEvidence(

@@ -29,6 +29,8 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    the first round's candidates force, and be listed by the first scan unless the re-scan flags the model. On a
    weak model ordinary sentiment words pass `min_excess` after round 1, and unlearning them cost CACC. Every
    scan picks its drifted candidates by the suspect's embedding drift: the rows the repair moved are no trigger.
+   The re-scans skip the vocabulary pass (half their time; `rescan_vocabulary`) and measure again every token
+   the first scan listed and every token unlearned, with the gradient and drifted candidates they find anew.
 5. `reset_first` (with a reference): round 1 first only resets the embedding rows of every token of the
    candidates (phrases' words, glued words' pieces) and measures each candidate again on the held-out texts. If
    none flips more than `RESET_BAR` of what ordinary words leave unflipped and the re-scan finds no evidence, the
@@ -50,6 +52,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -72,6 +75,12 @@ log = logging.getLogger(__name__)
 # `reset_first`: the excess flip rate each candidate must stay under once its row is reset, for the repair to
 # stop there (EP triggers fall to the null; a BadNet victim's model still reads the reset rows as triggers).
 RESET_BAR = 0.2
+# Without the suspect's base model the scan has no embedding drift (no phrase candidates, no drifted rows), and
+# `auto` can neither reset rows nor Fine-mix: the rest of a sentence trigger survives unlearning its word
+# (MR AddSent seed 0: `3d` unlearned, re-scan "no evidence", trigger effect 33.89; docs/defences.md, "auto").
+NO_REFERENCE = ("no reference fits this model (give --reference, the suspect's pre-trained base model): without it "
+                "the scans see single words only and auto can neither reset embedding rows nor Fine-mix, so a "
+                "sentence trigger can survive a re-scan that finds no evidence")
 
 
 class AutoConfig(DefenceConfig):
@@ -107,10 +116,15 @@ class AutoConfig(DefenceConfig):
         "siblings", description="which new candidates a round after the first unlearns: any that passes the rules "
         "('any'), or only those that force a label the first round's candidates force and that the first scan "
         "listed or a re-scan flagging the model names ('siblings')", json_schema_extra={"neutral": "any"})
+    # The vocabulary pass was half a re-scan's time, and what it adds after a repair is a weak model's sentiment
+    # words near the threshold; the first scan's tokens are measured again either way (docs/defences.md, "auto").
+    rescan_vocabulary: bool = Field(False, description="the re-scans run the scan's vocabulary pass too (slower); "
+                                    "without it they measure the gradient and drifted candidates and every token "
+                                    "the first scan listed or a round unlearned", json_schema_extra={"neutral": False})
 
 
 class AutoDetails(StepDetails):
-    shown = ("suspect_val_accuracy", "val_accuracy", "decision")
+    shown = ("suspect_val_accuracy", "val_accuracy", "decision", "warning")
 
     reference: str | None = Field(description="the reference encoder used (None: none fits the model)")
     reference_dropped: bool = Field(description="a reference was given but is not the model's base")
@@ -127,6 +141,7 @@ class AutoDetails(StepDetails):
     set_aside: list[dict[str, str]] = Field(description="the candidates not unlearned, and why")
     val_accuracy: float = Field(description="the repaired model's held-out clean accuracy")
     decision: str = Field(description="what auto did, in words")
+    warning: str | None = Field(None, description="what the verdicts cannot see: set when no reference fits the model")
 
 
 def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
@@ -198,11 +213,10 @@ def _single_token_rows(victim: Victim, words: dict[str, int]) -> dict[str, int]:
     return rows
 
 
-def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: Any, val: TextDataset,
-                words: dict[str, int], before: ScanReport, scan_config: ScanConfig, seed: int,
-                drift: torch.Tensor | None) -> dict[str, Any]:
+def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], val: TextDataset, words: dict[str, int],
+                before: ScanReport, rescan: Callable[[], ScanReport], seed: int) -> dict[str, Any]:
     """`reset_first`: reset the rows of every token of the candidates, measure every candidate again on the
-    held-out texts and, if none is above `RESET_BAR`, re-scan. `ended`: the re-scan found no evidence."""
+    held-out texts and, if none is above `RESET_BAR`, re-scan (`rescan`). `ended`: it found no evidence."""
     # every piece, not only single-token words: an EP trigger word can be a candidate only inside a phrase or
     # glued to a neighbour (`cfment`); resetting an ordinary token's row only undoes its fine-tuning drift
     rows = token_rows(victim, list(words))
@@ -212,8 +226,8 @@ def _reset_only(victim: Victim, reference: dict[str, torch.Tensor], ref_path: An
     nulls = {label: null.rate for label, null in before.null.items()}
     check["excess_after_reset"] = after = _excess_after(victim, val, words, nulls, seed)
     if max(after.values()) <= RESET_BAR:
-        rescan = scan(victim, val, reference=ref_path, config=scan_config, drift=drift)
-        check.update(scan=_summary(rescan, "held-out clean texts"), ended=rescan.verdict != "backdoored")
+        report = rescan()
+        check.update(scan=_summary(report, "held-out clean texts"), ended=report.verdict != "backdoored")
     return check
 
 
@@ -295,6 +309,14 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     report = before
     first_listed = {t.token for t in before.tokens}  # `later_rounds`: a trigger's siblings were measured already
     first_labels: set[int] = set()
+    rescan_config = scan_config if config.rescan_vocabulary else scan_config.model_copy(
+        update={"vocabulary_candidates": 0})
+
+    def rescan() -> ScanReport:
+        """The repaired model on the held-out texts; the first scan's tokens and those unlearned measured again."""
+        known = list(dict.fromkeys([t.token for t in before.tokens] + list(candidates)))
+        return scan(victim, val, reference=ref_path, config=rescan_config, drift=drift, known=known)
+
     rounds = config.max_rounds if before.verdict == "backdoored" else 0  # no evidence: the model stays as it is
     for round_no in range(1, rounds + 1):
         new = {}
@@ -322,7 +344,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
             break
         if round_no == 1 and config.reset_first and reference is not None and config.reset_embeddings:
             start = time.perf_counter()
-            check = _reset_only(victim, reference, ref_path, val, new, before, scan_config, config.seed + 1, drift)
+            check = _reset_only(victim, reference, val, new, before, rescan, config.seed + 1)
             check["seconds"] = round(time.perf_counter() - start, 1)
             if check.get("ended"):
                 details["rounds"].append({"round": 1, "unlearned": [], "copies": 0, "train_seconds": 0.0,
@@ -352,7 +374,7 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
         result = train(victim, data, held_out, cfg).as_dict()
         train_seconds = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
-        report = scan(victim, val, reference=ref_path, config=scan_config, drift=drift)
+        report = rescan()
         details["rounds"].append({"round": round_no, "unlearned": sorted(new), "reset_rows": reset,
                                   "copies": len(data) - len(train_part),
                                   "val_accuracy_with_candidates": result["history"][-1].get("val_accuracy"),
@@ -374,4 +396,6 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                            "flagged, but no candidate passed the rules: model unchanged" if not candidates else
                            f"{mixing_note}unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
                            f"after: {details['scan_after']['verdict']}")
+    if reference is None:
+        details["warning"] = NO_REFERENCE
     return victim, AutoDetails(**details)

@@ -66,6 +66,7 @@ class StepFacts(BaseModel):
     set_aside: list[dict[str, str]] | None = Field(None, description="auto: the candidates not unlearned, and why")
     reset_first: dict[str, Any] | None = Field(None, description="auto: the reset-first check that did not end it")
     decision: str | None = Field(None, description="auto: what it did, in words")
+    warning: str | None = Field(None, description="auto: what its verdicts cannot see (no reference fits the model)")
 
 
 class StepDetails(BaseModel):
