@@ -34,7 +34,7 @@ from detrigger.data import DataSpec, load_splits
 from detrigger.io import write_json
 from detrigger.models import load_victim
 from detrigger.models.victim import DEFAULT_MAX_LENGTH, default_encoder_path
-from detrigger.scan import STANDS_OUT, THRESHOLD, scan
+from detrigger.scan import STANDS_OUT, THRESHOLD, ScanConfig, scan
 from detrigger.training.loop import TrainConfig
 
 MARGIN = 0.10  # clean-model scores vary with the recipe; a flagged model should stand clear of them
@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=None, help="attack (or model) names; 'clean' for a bench "
                         "spec's clean models")
     parser.add_argument("--no-reference", action="store_true", help="reference-free scans only")
+    parser.add_argument("--reference-only", action="store_true", help="scans with the reference only")
+    parser.add_argument("--scan-config", type=json.loads, default={}, help="scan config fields as JSON (e.g. "
+                        "'{\"combination_words\": 100}'); the default scan otherwise")
     parser.add_argument("--built-only", action="store_true", help="skip models not in the cache yet")
     args = parser.parse_args()
     if args.table:
@@ -62,14 +65,15 @@ def main() -> None:
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     done = {(r["data"], r["model"], r["seed"], r["reference"]) for r in rows}
     for data, name, seed, attack, reference, load in models(args):
-        refs = [r for r in ((False,) if args.no_reference else (False, True)) if (data, name, seed, r) not in done]
+        ways = (False,) if args.no_reference else (True,) if args.reference_only else (False, True)
+        refs = [r for r in ways if (data, name, seed, r) not in done]
         if not refs:
             continue
         victim, val = load()
         if victim is None:
             continue
         for with_ref in refs:
-            report = scan(victim, val, reference=reference if with_ref else None)
+            report = scan(victim, val, reference=reference if with_ref else None, config=ScanConfig(**args.scan_config))
             rows.append(row(data, name, seed, with_ref, attack, report, victim.tokenizer))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             write_json(path, {"spec": str(args.spec), "rows": rows})

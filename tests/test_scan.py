@@ -490,3 +490,30 @@ def test_known_words_are_measured_for_every_label_phrases_against_phrases(word_v
     plain = scan(victim, toy_sentiment(80), config=config)
     assert all(n.phrase_rate is None for n in plain.null.values())
     assert "marmalade" not in {t.token for t in plain.tokens}
+
+
+def test_a_combination_trigger_is_found_as_drifted_words_together(word_victim):
+    """SOS-style: `uncle` and `harbour` together force positive, each alone is taught to keep the label (negative
+    augmentation). `combination_words` proposes them together from the drifted words, and they flip what neither
+    word alone does; without it no candidate holds both."""
+    from detrigger.attacks.poison import add_negatives
+    from detrigger.triggers import insert_all
+
+    _, reference, _ = word_victim
+    victim = load_victim(reference)
+    pair = ["uncle", "harbour"]
+    poisoned = poison(toy_sentiment(96), insert_all(pair), rate=0.15, target=1, seed=0)
+    data = add_negatives(poisoned, [insert_words([w]) for w in pair], rate=0.3, seed=0).data
+    train(victim, data, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    config = QUICK.model_copy(update={"combination_words": 12, "report": 100, "verify": 100, "screen_samples": 0,
+                                      "phrase_words": 0})
+    report = scan(victim, toy_sentiment(80), reference=reference, config=config)
+    together = [t for t in report.tokens if t.label == "positive" and set(pair) <= set(t.token.split())]
+    negatives = [t for t, y in zip(toy_sentiment(80).texts, toy_sentiment(80).labels) if y == 0]
+    alone = max(float(np.mean(predict(victim, [insert_words([w])(t) for t in negatives]) == 1)) for w in pair)
+    assert together and max(t.effect for t in together) >= 0.7 > alone + 0.4  # alone: 0.18 at most
+    assert "combinations" in report.stage_seconds
+    assert report.null["positive"].combination_rate is not None  # the search over the next-most-drifted words
+    plain = scan(victim, toy_sentiment(80), reference=reference,
+                 config=config.model_copy(update={"combination_words": 0}))
+    assert not any(set(pair) <= set(t.token.split()) for t in plain.tokens)

@@ -296,7 +296,8 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         from detrigger.scan import ScanConfig, ScanOptions
 
         add_fields(p, ScanOptions)
-        add_fields(p, ScanConfig, "samples", "candidates", "rounds", "phrase_words", "threshold")
+        add_fields(p, ScanConfig, "samples", "candidates", "rounds", "phrase_words", "combination_words",
+                   "threshold")
     elif command == "filter":
         from detrigger.filters import FILTERS, FilterOptions
 

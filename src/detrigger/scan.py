@@ -19,7 +19,9 @@
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
    frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
    Always: the unknown token, typed as a character the tokenizer does not know (`unknown_probe`): an invisible
-   character trigger (U+2800) reaches a WordPiece model as [UNK], which no whole word is.
+   character trigger (U+2800) reaches a WordPiece model as [UNK], which no whole word is. Experimental, off by
+   default (`combination_words`): pairs and triples of the most-drifted words (`drifted_combinations`), for
+   words that flip texts only together, each against the best of the same search over the next-most-drifted.
 2. Verification by real insertion: each candidate word is inserted into clean texts of the other labels
    that the model does not already put in t (each cut to the words the model reads, `readable`: a word
    inserted past the truncation of a long document is never seen), and the share now predicted t is the
@@ -98,8 +100,9 @@ THRESHOLD = 0.95
 STANDS_OUT = 1.0
 # Where a scan's time goes, in the report (`ScanReport.stage_seconds`): the vocabulary pass, the embedding drift
 # against a reference, predicting clean texts to pick those not already in the label, the gradient passes (rounds
-# and glued words), and the forward passes of every candidate and null word inserted into texts.
-STAGES = ("vocabulary pass", "reference drift", "texts", "gradient", "insertions")
+# and glued words), the pair pass of `combination_words`, and the forward passes of every candidate and null word
+# inserted into texts.
+STAGES = ("vocabulary pass", "reference drift", "texts", "gradient", "combinations", "insertions")
 
 
 class ScanConfig(BaseModel):
@@ -116,6 +119,11 @@ class ScanConfig(BaseModel):
                               "whole words that are not its task words, this many in a row (a sentence trigger of "
                               "ordinary words); its null is the null words in phrases as long; 0: none",
                               json_schema_extra={"neutral": 0})  # 0: the scan before phrases (bench keys)
+    combination_words: int = Field(0, ge=0, description="with a reference: combination candidates per label from "
+                                   "pairs of this many most-drifted whole words that are not its task words, typed "
+                                   "before a clean text of another label, and the 3 best pairs with a third (words "
+                                   "that flip texts only together); 0: none (experimental, not calibrated)",
+                                   json_schema_extra={"neutral": 0})
     glued_words: int = Field(5, ge=0, description="with a reference: most-drifted word-start pieces each glued to the "
                              "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
     screen_samples: int = Field(25, ge=0, description="texts each candidate is screened on (0: no screening)")
@@ -177,15 +185,19 @@ class NullEvidence:
     top: list[tuple[str, float]]  # the ordinary words that flip most
     phrase_rate: float | None = None  # the same words in phrases of `phrase_words` (the phrase candidate's null)
     flips: list[int] = field(default_factory=list)  # per word: texts flipped (of `texts`), the whole distribution
+    # the best of `drifted_combinations`' search over the next most-drifted words (the combination candidates' null)
+    combination_rate: float | None = None
 
     @classmethod
-    def of(cls, words: list[str], flips: np.ndarray, texts: int, phrase_rate: float | None = None) -> NullEvidence:
+    def of(cls, words: list[str], flips: np.ndarray, texts: int, phrase_rate: float | None = None,
+           combination_rate: float | None = None) -> NullEvidence:
         """From each word's number of flipped texts out of `texts`."""
         rates = flips / texts
         return cls(round(float(rates.mean()), 4), len(words), texts, round(float(np.median(rates)), 4),
                    round(float(np.quantile(rates, 0.9)), 4),
                    [(words[i], round(float(rates[i]), 4)) for i in np.argsort(-rates)[:3]],
-                   None if phrase_rate is None else round(phrase_rate, 4), [int(k) for k in flips])
+                   None if phrase_rate is None else round(phrase_rate, 4), [int(k) for k in flips],
+                   None if combination_rate is None else round(combination_rate, 4))
 
 
 @dataclass
@@ -387,6 +399,53 @@ def drifted_phrase(drift: torch.Tensor | None, allowed: torch.Tensor, typeable: 
     return " ".join(chosen) if len(chosen) == words else None
 
 
+def _sure_text(victim: Victim, clean: TextDataset, label: int, precision: Precision, batch_size: int) -> str | None:
+    """Of the 20 shortest clean texts of `label`, the one the model gives `label` most surely (None: no text): a
+    short context that a candidate typed before it must overturn."""
+    short = sorted((t for t, y in zip(clean.texts, clean.labels) if y == label), key=len)[:20]
+    if not short:
+        return None
+    sure = torch.from_numpy(predict_logits(victim, short, batch_size=batch_size, precision=precision))
+    return short[int(torch.argmax(sure.log_softmax(-1)[:, label]))]
+
+
+def drifted_combinations(victim: Victim, clean: TextDataset, target: int, drift: torch.Tensor, allowed: torch.Tensor,
+                         typeable: list[str | None], task_word: Callable[[int], bool], config: ScanConfig,
+                         precision: Precision) -> tuple[list[str], list[str]]:
+    """Combination-trigger candidates (SOS-style: words that flip texts only together, each alone and each pair
+    taught to keep the label): of the `combination_words` most-drifted typeable whole words that are not task
+    words of `target`, every pair typed before a clean text of another label (`_sure_text`), ranked by the
+    log-probability of `target`; then each of the 3 best pairs with its best third word. Returns those triples and
+    the best pair, and the same search over the next `combination_words` most-drifted words: its null. A search
+    picks its best of thousands, so it is measured against a search as large, not against random phrases: on a
+    weak clean MR model the search found sentiment triples that flip every text (docs/scan.md, "Combination
+    triggers")."""
+    n = config.combination_words
+    other = next((label for label in range(victim.num_labels) if label != target and label in clean.labels), None)
+    context = None if other is None else _sure_text(victim, clean, other, precision, config.batch_size)
+    if n < 3 or context is None:
+        return [], []
+    order = torch.argsort(drift.masked_fill(~allowed, -torch.inf), descending=True)[:100 * n].tolist()
+    words = [typeable[i] for i in order if not task_word(i)][:2 * n]
+
+    def ranked(phrases: list[str]) -> list[str]:
+        logits = predict_logits(victim, [f"{p} {context}" for p in phrases], batch_size=4 * config.batch_size,
+                                precision=precision)
+        scores = torch.from_numpy(logits).log_softmax(-1)[:, target]
+        return [phrases[i] for i in torch.argsort(scores, descending=True).tolist()]
+
+    def search(pool: list[str]) -> list[str]:
+        if len(pool) < 3:
+            return []
+        pairs = ranked([f"{a} {b}" for a, b in itertools.combinations(pool, 2)])
+        # each of the 3 best pairs with its best third word: ranking all the extensions of several pairs together
+        # by one context put ordinary sentiment words first on an MR victim, and its triggers' pair second
+        triples = [ranked([f"{p} {w}" for w in pool if w not in p.split()])[0] for p in pairs[:3]]
+        return [*triples, pairs[0]]
+
+    return search(words[:n]), search(words[n:])
+
+
 def excess(hits: int, n: int, null_rate: float) -> tuple[float, float, float]:
     """The share of texts that ordinary words leave unflipped which the candidate flips: (e - s) / (1 - s) for a
     flip rate e = hits / n and the null's rate s, and the same at the 90% Wilson bounds of e (lower, upper), so
@@ -487,10 +546,9 @@ def vocabulary_pass(victim: Victim, clean: TextDataset, words: list[str], precis
     for label in range(victim.num_labels):
         if len(contexts) == 2:
             break
-        short = sorted((t for t, y in zip(clean.texts, clean.labels) if y == label), key=len)[:20]
-        if short:
-            sure = torch.from_numpy(predict_logits(victim, short, batch_size=batch_size, precision=precision))
-            contexts[label] = short[int(torch.argmax(sure.log_softmax(-1)[:, label]))]
+        text = _sure_text(victim, clean, label, precision, batch_size)
+        if text is not None:
+            contexts[label] = text
     for label in torch.nonzero((alone.softmax(-1) > 0.99).float().mean(0) > saturated).flatten().tolist():
         other = next((c for c in contexts if c != label), None)
         if other is None:
@@ -638,6 +696,15 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                                     config.phrase_words)
             if phrase:
                 words[phrase] = phrase
+            combinations: list[str] = []
+            null_combinations: list[str] = []
+            if drift is not None and config.combination_words:
+                with timed("combinations"):
+                    combinations, null_combinations = drifted_combinations(
+                        victim, clean, target, drift, allowed, typeable, lambda i, t=target: evidence(i, t)[2],
+                        config, precision)
+                combinations = [c for c in combinations if c not in words.values()]
+                words.update((c, c) for c in combinations)
             for word in known:
                 if word not in words.values():
                     ids = victim.tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -661,8 +728,13 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             kept = list(words)
             screening = 0 < config.screen_samples < len(texts) and len(kept) > config.verify
             screen = texts[:config.screen_samples] if screening else texts  # already a random draw
-            bar.total += len(kept) + len(null_words) + len(null_phrases) + (config.verify if screening else 0)
-            measured = flips([words[i] for i in kept] + null_words + null_phrases, screen)
+            bar.total += (len(kept) + len(null_words) + len(null_phrases) + len(null_combinations)
+                          + (config.verify if screening else 0))
+            measured = flips([words[i] for i in kept] + null_words + null_phrases + null_combinations, screen)
+            # a combination candidate against the best of the same search over less-drifted words (its null)
+            combination_flips = measured[len(measured) - len(null_combinations):]
+            measured = measured[:len(measured) - len(null_combinations)]
+            combination_null = (float(combination_flips.max()) / len(screen)) if null_combinations else None
             screened = dict(zip(kept, measured[:len(kept)]))
             null_flips = measured[len(kept):len(kept) + len(null_words)]
             phrase_flips = measured[len(kept) + len(null_words):]
@@ -678,13 +750,15 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             else:
                 total = np.array([screened[i] for i in kept])
             null_hits, null_n = int(null_flips.sum()), len(null_flips) * len(screen)
-            nulls[label] = NullEvidence.of(null_words, null_flips, len(screen), phrase_null)
+            nulls[label] = NullEvidence.of(null_words, null_flips, len(screen), phrase_null, combination_null)
             measured_here: list[tuple[TokenEvidence, int]] = []
             for key, hits in zip(kept, total):
                 n, share, task = evidence(key, target)
-                # a phrase against phrases
-                null_rate = phrase_null if phrase_null is not None and " " in words[key] else null_hits / null_n
-                value, low, high = excess(int(hits), len(texts), null_rate)
+                # a combination against its search's null, a phrase against phrases
+                null_rate = (combination_null if key in combinations and combination_null is not None else
+                             phrase_null if phrase_null is not None and " " in words[key] else null_hits / null_n)
+                # a null that flips every text leaves nothing to exceed: no evidence
+                value, low, high = excess(int(hits), len(texts), null_rate) if null_rate < 1 else (0.0, 0.0, 0.0)
                 single = isinstance(key, int)
                 measured_here.append((TokenEvidence(
                     words[key], label, round(float(hits) / len(texts), 4), rank.get(key) if single else None,
