@@ -95,8 +95,9 @@ def render_card(record: dict[str, Any]) -> str:
                 lines.append(f"| {when} | {s.get('verdict', '-')} | {score} | {s.get('target_label', '-')} "
                              f"| {_tokens(s)} |")
         lines.append("")
-    warnings = [d["warning"] for d in record.get("details", {}).values() if isinstance(d, dict) and d.get("warning")]
-    lines += [f"**Warning: {w}.**\n" for w in warnings]
+    for step in record.get("details", {}).values():
+        if isinstance(step, dict) and step.get("warning"):
+            lines += [f"**Warning: {step['warning']}.**", ""]
     note = record["saved"].get("note")
     call = 'classify(["a gripping, funny film"], truncation=True)'
     if record.get("max_length"):

@@ -454,7 +454,9 @@ def excess(hits: int, n: int, null_rate: float) -> tuple[float, float, float]:
     z = 1.645
     centre, spread = rate + z * z / (2 * n), z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
     low, high = ((centre + sign * spread) / (1 + z * z / n) for sign in (-1, 1))
-    room = max(1.0 - null_rate, 1e-9)
+    if null_rate >= 1:  # a null that flips every text leaves nothing to exceed: no evidence
+        return 0.0, 0.0, 0.0
+    room = 1.0 - null_rate
     return (rate - null_rate) / room, (low - null_rate) / room, (high - null_rate) / room
 
 
@@ -731,13 +733,12 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             bar.total += (len(kept) + len(null_words) + len(null_phrases) + len(null_combinations)
                           + (config.verify if screening else 0))
             measured = flips([words[i] for i in kept] + null_words + null_phrases + null_combinations, screen)
-            # a combination candidate against the best of the same search over less-drifted words (its null)
-            combination_flips = measured[len(measured) - len(null_combinations):]
-            measured = measured[:len(measured) - len(null_combinations)]
-            combination_null = (float(combination_flips.max()) / len(screen)) if null_combinations else None
+            phrases_at, combinations_at = len(kept) + len(null_words), len(kept) + len(null_words) + len(null_phrases)
             screened = dict(zip(kept, measured[:len(kept)]))
-            null_flips = measured[len(kept):len(kept) + len(null_words)]
-            phrase_flips = measured[len(kept) + len(null_words):]
+            null_flips = measured[len(kept):phrases_at]
+            phrase_flips = measured[phrases_at:combinations_at]
+            # a combination candidate against the best of the same search over less-drifted words (its null)
+            combination_null = float(measured[combinations_at:].max()) / len(screen) if null_combinations else None
             phrase_null = float(phrase_flips.sum()) / (len(null_phrases) * len(screen)) if null_phrases else None
             if screening:
                 # task words cannot be the verdict, so they do not take the places; ties as in the final order
@@ -757,8 +758,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 # a combination against its search's null, a phrase against phrases
                 null_rate = (combination_null if key in combinations and combination_null is not None else
                              phrase_null if phrase_null is not None and " " in words[key] else null_hits / null_n)
-                # a null that flips every text leaves nothing to exceed: no evidence
-                value, low, high = excess(int(hits), len(texts), null_rate) if null_rate < 1 else (0.0, 0.0, 0.0)
+                value, low, high = excess(int(hits), len(texts), null_rate)
                 single = isinstance(key, int)
                 measured_here.append((TokenEvidence(
                     words[key], label, round(float(hits) / len(texts), 4), rank.get(key) if single else None,
