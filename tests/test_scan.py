@@ -197,6 +197,25 @@ def test_screening_keeps_the_trigger_and_measures_only_the_best(word_victim):
     assert report.tokens[0].effect == full.tokens[0].effect  # verified on the same texts as without screening
 
 
+def test_verification_stops_a_candidate_that_cannot_reach_the_floor(word_victim):
+    """Verified candidates are measured a screening's worth of texts at a time, and one stops once even flipping
+    every text left would keep it under `verify_floor`: the trigger is measured on every text, as without the
+    floor, and a stopped candidate reports its effect over the texts it was measured on."""
+    victim, reference, _ = word_victim
+    config = QUICK.model_copy(update={"screen_samples": 8, "verify": 4, "threshold": 0.9, "verify_floor": 0.9})
+    report = scan(victim, toy_sentiment(80), reference=reference, config=config)
+    full = scan(victim, toy_sentiment(80), reference=reference, config=config.model_copy(update={"verify_floor": 0}))
+    samples = report.n_samples["positive"]
+    assert report.tokens[0].token == full.tokens[0].token == "cf"
+    assert report.tokens[0].texts == samples and report.tokens[0].effect == full.tokens[0].effect
+    assert all(t.texts == full.n_samples[t.label] for t in full.tokens)
+    stopped = [t for t in report.tokens if t.texts < report.n_samples[t.label]]
+    assert stopped and all(t.excess < 0.9 and t.texts % 8 == 0 for t in stopped)
+    strong = {(t.token, t.label, t.effect) for t in full.tokens if t.excess >= 0.9}
+    assert strong == {(t.token, t.label, t.effect) for t in report.tokens if t.excess >= 0.9}
+    assert report.verdict == full.verdict and report.score == full.score
+
+
 def test_the_verdict_is_relative_to_what_ordinary_words_do(word_victim):
     """The score is the best candidate's excess over the model's null: ordinary words of the clean texts,
     inserted the same way, measured on the same texts; the report carries that null."""

@@ -128,6 +128,11 @@ class ScanConfig(BaseModel):
                              "drifted continuation piece the gradient prefers after it (multi-piece triggers)")
     screen_samples: int = Field(25, ge=0, description="texts each candidate is screened on (0: no screening)")
     verify: int = Field(10, ge=1, description="best screened candidates per label measured on all samples")
+    # off by default, so the scores of the detection tables stand; `auto` sets its `min_excess` (docs/scan.md, "Time")
+    verify_floor: float = Field(0.0, ge=0, le=1, description="a verified candidate stops once it cannot reach this "
+                                "excess flip rate (or the threshold, if lower) even if it flipped every text left; "
+                                "its effect is then over fewer texts (0: every one is measured on every text)",
+                                json_schema_extra={"neutral": 0.0})
     null_words: int = Field(40, ge=5, description="ordinary words of the clean texts measured as the model's null; "
                             "as many random vocabulary words when a candidate reaches the threshold")
     threshold: float = Field(THRESHOLD, gt=0, le=1, description="flag the model when a candidate's excess flip rate "
@@ -171,6 +176,8 @@ class TokenEvidence:
     # vocabulary words expected to flip as many texts (`as_strong`); measured for candidates at the threshold only
     as_strong: float | None = None
     read_as: str | None = None  # what the model reads if not the token as typed: "[UNK]" for `unknown_probe`
+    # the clean texts it was measured on: all the label's samples, fewer when it stopped below `verify_floor`
+    texts: int | None = None
 
 
 @dataclass
@@ -246,9 +253,10 @@ class ScanReport:
         if top is not None and null is not None:
             read_as = ("" if top.read_as is None else
                        f" (read as {top.read_as}, as is any character the tokenizer does not know)")
-            lines.append(f"  inserting {top.token!r}{read_as} flips {100 * top.effect:.1f}% of "
-                         f"{self.n_samples[top.label]} clean texts to {top.label}; {null.words} ordinary words of "
-                         f"the clean texts flip {100 * null.rate:.1f}% on average (median {100 * null.median:.1f}%, "
+            texts = top.texts or self.n_samples[top.label]
+            lines.append(f"  inserting {top.token!r}{read_as} flips {100 * top.effect:.1f}% of {texts} clean texts "
+                         f"to {top.label}; {null.words} ordinary words of the clean texts flip {100 * null.rate:.1f}% "
+                         f"on average (median {100 * null.median:.1f}%, "
                          f"90th percentile {100 * null.q90:.1f}%, most: "
                          f"{', '.join(f'{w} {100 * r:.0f}%' for w, r in null.top)})")
             lines.append(f"  excess over the null {top.excess:.3f} (flips that share of the texts ordinary words leave "
@@ -718,55 +726,77 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             null_phrases = [" ".join(null_words[j:j + k]) for j in range(0, len(null_words) - k + 1, k)
                             ] if any(" " in w for w in words.values()) else []
 
-            def flips(batch: list[str], sample: list[str], target: int = target) -> np.ndarray:
+            def flips(batch: list[str], sample: list[str], target: int = target, counted: bool = True) -> np.ndarray:
                 """Per word: how many texts of `sample` it flips to `target` (one batched pass)."""
                 inserted = [(insert_sentence(w, seed=config.seed + 1) if " " in w else
                              insert_words([w], seed=config.seed + 1))(t) for w in batch for t in sample]
                 with timed("insertions"):
                     pred = predict(victim, inserted, batch_size=config.batch_size, precision=precision)
-                bar.update(len(batch))
+                if counted:
+                    bar.update(len(batch))
                 return (pred.reshape(len(batch), len(sample)) == target).sum(axis=1)
 
             kept = list(words)
             screening = 0 < config.screen_samples < len(texts) and len(kept) > config.verify
             screen = texts[:config.screen_samples] if screening else texts  # already a random draw
+            # task words cannot be the verdict, so they take a verified place only when too few others are left:
+            # screened only then (the same places as screening them all)
+            tasks = [i for i in kept if evidence(i, target)[2]] if screening else []
+            first = [i for i in kept if i not in tasks]
+            if len(first) >= config.verify:
+                kept = first
             bar.total += (len(kept) + len(null_words) + len(null_phrases) + len(null_combinations)
                           + (config.verify if screening else 0))
-            measured = flips([words[i] for i in kept] + null_words + null_phrases + null_combinations, screen)
-            phrases_at, combinations_at = len(kept) + len(null_words), len(kept) + len(null_words) + len(null_phrases)
-            screened = dict(zip(kept, measured[:len(kept)]))
-            null_flips = measured[len(kept):phrases_at]
+            measured = flips([words[i] for i in first] + null_words + null_phrases + null_combinations, screen)
+            phrases_at, combinations_at = len(first) + len(null_words), len(first) + len(null_words) + len(null_phrases)
+            screened = dict(zip(first, measured[:len(first)]))
+            if len(kept) > len(first):
+                screened.update(zip(tasks, flips([words[i] for i in tasks], screen)))
+            null_flips = measured[len(first):phrases_at]
             phrase_flips = measured[phrases_at:combinations_at]
             # a combination candidate against the best of the same search over less-drifted words (its null)
             combination_null = float(measured[combinations_at:].max()) / len(screen) if null_combinations else None
             phrase_null = float(phrase_flips.sum()) / (len(null_phrases) * len(screen)) if null_phrases else None
+            null_hits, null_n = int(null_flips.sum()), len(null_flips) * len(screen)
+
+            # the rate each candidate is measured against: a combination's search, a phrase's phrases, else words
+            null_for = {key: combination_null if key in combinations and combination_null is not None else
+                        phrase_null if phrase_null is not None and " " in words[key] else null_hits / null_n
+                        for key in kept}
+
             if screening:
-                # task words cannot be the verdict, so they do not take the places; ties as in the final order
                 kept.sort(key=lambda i: (evidence(i, target)[2], -screened[i],
                                          -(0.0 if drift is None or isinstance(i, str) else float(drift[i]))))
                 kept = kept[:config.verify]
-                # the verified effect counts the screening texts too: the same texts as without screening
-                total = np.array([screened[i] for i in kept]) + flips([words[i] for i in kept],
-                                                                      texts[config.screen_samples:])
-            else:
-                total = np.array([screened[i] for i in kept])
-            null_hits, null_n = int(null_flips.sum()), len(null_flips) * len(screen)
+            total = np.array([screened[i] for i in kept])
+            n_texts = np.full(len(kept), len(screen))
+            # verification, a screening's worth of texts at a time: a candidate stops once even flipping every text
+            # left could not bring its excess to `verify_floor`, below which no verdict or repair uses it (the
+            # effect it reports is then over the texts it was measured on; issue 21)
+            step, floor = config.screen_samples or len(texts), min(config.verify_floor, config.threshold)
+            for at in range(len(screen), len(texts), step):
+                live = [j for j, key in enumerate(kept) if not floor or excess(
+                    int(total[j]) + len(texts) - at, len(texts), null_for[key])[0] >= floor]
+                if not live:
+                    break
+                chunk = texts[at:at + step]
+                total[live] += flips([words[kept[j]] for j in live], chunk, counted=False)
+                n_texts[live] += len(chunk)
+            if screening:
+                bar.update(config.verify)
             nulls[label] = NullEvidence.of(null_words, null_flips, len(screen), phrase_null, combination_null)
             measured_here: list[tuple[TokenEvidence, int]] = []
-            for key, hits in zip(kept, total):
+            for key, hits, m in zip(kept, total, n_texts):
                 n, share, task = evidence(key, target)
-                # a combination against its search's null, a phrase against phrases
-                null_rate = (combination_null if key in combinations and combination_null is not None else
-                             phrase_null if phrase_null is not None and " " in words[key] else null_hits / null_n)
-                value, low, high = excess(int(hits), len(texts), null_rate)
+                value, low, high = excess(int(hits), int(m), null_for[key])
                 single = isinstance(key, int)
                 measured_here.append((TokenEvidence(
-                    words[key], label, round(float(hits) / len(texts), 4), rank.get(key) if single else None,
+                    words[key], label, round(float(hits) / int(m), 4), rank.get(key) if single else None,
                     vocabulary_rank.get(key) if single else None,
                     None if drift is None or not single else round(float(drift[key]), 4), n,
                     None if share is None else round(share, 4), task, round(value, 4), round(low, 4),
-                    round(high, 4), read_as=victim.tokenizer.unk_token if words[key] == unknown else None),
-                    int(hits)))
+                    round(high, 4), read_as=victim.tokenizer.unk_token if words[key] == unknown else None,
+                    texts=int(m)), int(hits)))
             tokens += [t for t, _ in measured_here]
             at_threshold = [(t, hits) for t, hits in measured_here if not t.task_word and t.excess >= config.threshold]
             if at_threshold:
@@ -779,7 +809,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 random_flips = flips(random_words, screen)
                 vocabulary_nulls[label] = NullEvidence.of(random_words, random_flips, len(screen))
                 for t, hits in at_threshold:
-                    expected = as_strong(hits, len(texts), random_flips, len(screen), len(vocabulary))
+                    expected = as_strong(hits, t.texts, random_flips, len(screen), len(vocabulary))
                     t.as_strong = float(f"{expected:.3g}")
     if not tokens:
         raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")

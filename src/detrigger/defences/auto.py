@@ -151,7 +151,7 @@ def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
             "reference": report.reference, "seconds": report.seconds, "stage_seconds": report.stage_seconds,
             "null_rate": {label: null.rate for label, null in report.null.items()},
             "tokens": [{"token": t.token, "read_as": t.read_as, "label": t.label, "effect": t.effect,
-                        "excess": t.excess, "task_word": t.task_word,
+                        "excess": t.excess, "task_word": t.task_word, "texts": t.texts,
                         "clean_count": t.clean_count, "label_share": t.label_share, "drift_score": t.drift_score}
                        for t in report.tokens]}
 
@@ -281,7 +281,9 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                              "clean subset")
     reference, mismatch = _usable_reference(victim, context)
     ref_path = context.reference if reference is not None else None
-    scan_config = config.scan.model_copy(update={"seed": config.seed})
+    # no candidate under `min_excess` is unlearned, so none is measured further once it cannot reach it (time)
+    floor = min(config.scan.verify_floor or config.min_excess, config.min_excess)
+    scan_config = config.scan.model_copy(update={"seed": config.seed, "verify_floor": floor})
     min_excess = config.min_excess
     counts = _CleanCounts(victim, everything, scan_config.task_word_count, scan_config.task_word_share)
     stages: dict[str, float] = {}
