@@ -297,7 +297,7 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
 
         add_fields(p, ScanOptions)
         add_fields(p, ScanConfig, "samples", "candidates", "rounds", "phrase_words", "combination_words",
-                   "threshold")
+                   "verify_floor", "threshold")
     elif command == "filter":
         from detrigger.filters import FILTERS, FilterOptions
 

@@ -28,10 +28,11 @@
    token's effect (its flip rate). Leaving out the texts already predicted t gives every model the same
    ceiling of 1, whatever its clean accuracy (a trigger flips all of them). Two stages for speed: every
    candidate is screened on `screen_samples` texts, and only the `verify` best are measured on the
-   other texts too (the reported effects count all `samples` texts). Also for speed: the other labels'
-   texts are predicted in random chunks only until `samples` of them are found, every candidate's
-   insertions go through the model in one batched pass, and the forward passes run in bf16 where the
-   hardware has it natively (`precision`; 2.6x less CPU time than the fp32 per-candidate scan before,
+   other texts too (the reported effects count all `samples` texts; with `verify_floor`, a candidate stops
+   once it cannot reach that floor, and its effect counts the texts it was measured on). Also for speed: the
+   other labels' texts are predicted in random chunks only until `samples` of them are found, every
+   candidate's insertions go through the model in one batched pass, and the forward passes run in bf16 where
+   the hardware has it natively (`precision`; 2.6x less CPU time than the fp32 per-candidate scan before,
    same verdicts: docs/scan.md, "Time").
 3. Task words are set aside: a token that occurs in the clean texts (at least `task_word_count` times)
    mostly with the label it pushes towards (share >= `task_word_share`) flips predictions because that is
