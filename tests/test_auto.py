@@ -339,7 +339,8 @@ def test_later_rounds_unlearn_only_the_first_scans_siblings(reference, monkeypat
 def test_rescans_measure_the_first_scans_tokens_again_without_the_vocabulary_pass(reference, monkeypatch,
                                                                                    rescan_vocabulary):
     """The vocabulary pass is half a re-scan's time: the re-scans skip it (unless `rescan_vocabulary`) and
-    measure again every token the first scan listed and every token unlearned so far."""
+    measure again every token the first scan listed and every token unlearned so far. Every scan stops verifying
+    a candidate that cannot reach `min_excess`: nothing under it is unlearned."""
     import detrigger.defences.auto as auto_module
 
     reports = iter([_scripted(("cf", 0.95), ("mn", 0.65)), _scripted(("mn", 0.82), ("zq", 0.3)),
@@ -347,15 +348,15 @@ def test_rescans_measure_the_first_scans_tokens_again_without_the_vocabulary_pas
     calls = []
 
     def scripted_scan(*args, config, known=(), **kwargs):
-        calls.append((config.vocabulary_candidates, list(known)))
+        calls.append((config.vocabulary_candidates, list(known), config.verify_floor))
         return next(reports)
 
     monkeypatch.setattr(auto_module, "scan", scripted_scan)
     repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
-           config={**SCRIPTED, "rescan_vocabulary": rescan_vocabulary})
+           config={**SCRIPTED, "rescan_vocabulary": rescan_vocabulary, "min_excess": 0.7})
     vocabulary = CONFIG["scan"].vocabulary_candidates
     again = vocabulary if rescan_vocabulary else 0
-    assert calls == [(vocabulary, []), (again, ["cf", "mn"]), (again, ["cf", "mn"])]
+    assert calls == [(vocabulary, [], 0.7), (again, ["cf", "mn"], 0.7), (again, ["cf", "mn"], 0.7)]
 
 
 def test_without_a_reference_that_fits_the_report_warns_what_the_scans_cannot_see(reference, monkeypatch,
