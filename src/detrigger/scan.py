@@ -765,10 +765,11 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                         phrase_null if phrase_null is not None and " " in words[key] else null_hits / null_n
                         for key in kept}
 
-            if screening:
+            if screening:  # ties as in the final order
                 kept.sort(key=lambda i: (evidence(i, target)[2], -screened[i],
                                          -(0.0 if drift is None or isinstance(i, str) else float(drift[i]))))
                 kept = kept[:config.verify]
+            # the verified effect counts the screening texts too: the same texts as without screening
             total = np.array([screened[i] for i in kept])
             n_texts = np.full(len(kept), len(screen))
             # verification, a screening's worth of texts at a time: a candidate stops once even flipping every text
