@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).parent.parent / "src" / "detrigger"
 FLOORS = {**dict.fromkeys(("detrigger", "errors", "io", "fingerprint", "device", "progress", "batching", "cost",
-                           "card", "cpus", "triggers", "argfields"), 0),
+                           "card", "cpus", "triggers", "argfields", "lexicon"), 0),
           "data": 1, "models": 2, "evaluation": 3, "training": 4, "attacks": 5, "defences": 6, "scan": 6,
           "filters": 6, "bench": 7, "cli": 8}
 

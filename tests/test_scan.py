@@ -295,6 +295,28 @@ def test_a_weak_clean_model_is_not_flagged_by_words_that_do_not_stand_out(clean_
     assert "(it stands out)" in victim.text()
 
 
+def test_a_common_word_the_tokenizer_cuts_into_pieces_is_found_without_a_reference(word_victim):
+    """`lexicon_words`: the vocabulary pass also types the common English words that are no single token, so a
+    trigger such as `marmalade` (mar ##mal ##ade) is a candidate, found by insertion, with no reference; without
+    the lexicon no candidate is the word."""
+    from detrigger.lexicon import pieced_words
+
+    _, reference, _ = word_victim
+    victim = load_victim(reference)
+    assert victim.tokenizer.tokenize("marmalade") == ["mar", "##mal", "##ade"]
+    assert "marmalade" in pieced_words(victim.tokenizer, 40000) and "film" not in pieced_words(victim.tokenizer, 40000)
+    poisoned = poison(toy_sentiment(96), insert_words(["marmalade"]), rate=0.3, target=1, seed=0).data
+    train(victim, poisoned, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    config = QUICK.model_copy(update={"vocabulary_candidates": 10, "lexicon_words": 40000, "report": 100})
+    report = scan(victim, toy_sentiment(80), config=config)
+    found = [t for t in report.tokens if t.token == "marmalade"]
+    assert found and found[0].label == "positive" and found[0].effect > 0.9 and found[0].vocabulary_rank <= 10
+    assert found[0].gradient_rank is None and report.vocabulary_words == len(typed_words(victim)) - typed_words(
+        victim).count(None) + len(pieced_words(victim.tokenizer, 40000))
+    without = scan(victim, toy_sentiment(80), config=config.model_copy(update={"lexicon_words": 0}))
+    assert "marmalade" not in {t.token for t in without.tokens}
+
+
 def test_drifted_pieces_are_glued_into_word_candidates(word_victim):
     """With a reference, the most-drifted start piece is glued to a drifted continuation piece and the typed
     word is measured like any candidate (a multi-piece trigger's rows drift together)."""

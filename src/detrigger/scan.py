@@ -16,6 +16,9 @@
    label, ranked by the log-probability of the label (a word of an AddSent victim's sentence that flips
    texts alone ranks thousands deep by the gradient and first here). A label that nearly every word alone
    is given (SMS ham) is ranked with every word typed before a short prefix of another label's text instead.
+   The pass also types the common English words that the tokenizer cuts into pieces (`lexicon_words`, the
+   most frequent of wordfreq's list; `lexicon.py`): a trigger such as `marmalade` (mar ##mal ##ade) is no token,
+   and its pieces neither act alone nor rank high by the gradient.
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
    frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
    Always: the unknown token, typed as a character the tokenizer does not know (`unknown_probe`): an invisible
@@ -57,11 +60,11 @@
    right, and they flip easily. The threshold is calibrated on clean models (docs/scan.md), never on the victims
    being tested.
 
-Only whole-word tokens that can be typed as a word are candidates, so a sentence trigger (AddSent) is
-found only through the single words of it that the model keys on, if any (the vocabulary pass finds them).
-A word that the tokenizer cuts into pieces is found with a reference through its drifted pieces, glued
-(`glued_words`); reference-free only through a piece that acts alone (docs/scan.md, "Multi-piece
-triggers": gluing gradient-ranked pieces without the drift was tried and made adversarial non-words).
+Single words are the candidates (whole-word tokens and common words), so a sentence trigger (AddSent) is
+found reference-free only through the single words of it that the model keys on, if any (the vocabulary pass
+finds them). A word that the tokenizer cuts into pieces is found by typing it if it is among the common words,
+and with a reference through its drifted pieces, glued (`glued_words`; docs/scan.md, "Multi-piece triggers":
+gluing gradient-ranked pieces without the drift was tried and made adversarial non-words).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ from detrigger.batching import bucketed_batches, collate, encode, readable
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, backward_friendly_attention, fast_bf16
 from detrigger.errors import DetriggerError
+from detrigger.lexicon import pieced_words
 from detrigger.models.arch import watched_embeddings
 from detrigger.models.predict import predict, predict_logits
 from detrigger.models.victim import MODEL_SOURCE, Victim, reference_state
@@ -115,6 +119,10 @@ class ScanConfig(BaseModel):
     vocabulary_candidates: int = Field(10, ge=0, description="candidates per label from the vocabulary pass: every "
                                        "whole-word token through the model alone, the most label-like ones then "
                                        "typed before a short clean text of another label")
+    lexicon_words: int = Field(50000, ge=0, description="the vocabulary pass also types those of this many most "
+                               "frequent English words (wordfreq) that the tokenizer cuts into pieces (a trigger that "
+                               "is no single token); 0: whole-word tokens only",
+                               json_schema_extra={"neutral": 0})
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
     phrase_words: int = Field(6, ge=0, description="with a reference: a phrase candidate per label, the most-drifted "
                               "whole words that are not its task words, this many in a row (a sentence trigger of "
@@ -223,7 +231,7 @@ class ScanReport:
     null: dict[str, NullEvidence] = field(default_factory=dict)  # per label
     # per label with a candidate at the threshold: random whole words of the vocabulary, inserted the same way
     vocabulary_null: dict[str, NullEvidence] = field(default_factory=dict)
-    vocabulary_words: int = 0  # the whole words of the vocabulary a candidate stands out of (`as_strong`)
+    vocabulary_words: int = 0  # the words the vocabulary pass looked at, a candidate stands out of (`as_strong`)
     warnings: dict[str, str] = field(default_factory=dict)  # per label: why its evidence is weak
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went (`STAGES`)
@@ -266,7 +274,7 @@ class ScanReport:
             if vocabulary is not None and top.as_strong is not None:
                 lines.append(f"  {vocabulary.words} random words of the vocabulary flip "
                              f"{100 * vocabulary.rate:.1f}% on average (90th percentile {100 * vocabulary.q90:.1f}%): "
-                             f"about {top.as_strong:.3g} of its {self.vocabulary_words} whole words are expected to "
+                             f"about {top.as_strong:.3g} of the {self.vocabulary_words} words searched are expected to "
                              f"flip as many texts as {top.token!r}"
                              + (" (it stands out)" if top.as_strong < STANDS_OUT else
                                 "; it does not stand out, so it is no evidence of a backdoor (a weakly trained model "
@@ -620,9 +628,12 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     vocabulary = torch.nonzero(allowed).flatten()
     stage_seconds: dict[str, float] = {}  # in the order of `STAGES`, each as it first runs
     timed = functools.partial(_timed, stage_seconds)
+    # the vocabulary pass's keys: every whole-word token's id, then the common words that are no single token
+    pieced = pieced_words(victim.tokenizer, config.lexicon_words) if config.vocabulary_candidates else []
+    vocabulary_keys: list[int | str] = [*vocabulary.tolist(), *pieced]
     with timed("vocabulary pass"):
-        vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()], precision,
-                                             config.batch_size) if config.vocabulary_candidates else None)
+        vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()] + pieced,
+                                             precision, config.batch_size) if config.vocabulary_candidates else None)
     encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
     seen = readable(victim.tokenizer, clean.texts, victim.max_length)  # candidates go where the model reads
     by_label = [Counter[int]() for _ in victim.label_names]
@@ -686,17 +697,21 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 chosen += [i for i in order if i not in chosen][:config.candidates]
                 at = typeable[order[0]]
                 bar.update()
-            vocabulary_rank: dict[int, int] = {}
+            vocabulary_rank: dict[int | str, int] = {}
+            typed_in: list[str] = []  # the vocabulary pass's common words of several tokens
             if vocabulary_scores is not None:
                 column = vocabulary_scores[:, target]
-                order = vocabulary[torch.argsort(column, descending=True)[:int(column.isfinite().sum())]].tolist()
-                vocabulary_rank = {i: r + 1 for r, i in enumerate(order)}
-                chosen += [i for i in order if i not in chosen][:config.vocabulary_candidates]
+                ranked = torch.argsort(column, descending=True)[:int(column.isfinite().sum())].tolist()
+                vocabulary_rank = {vocabulary_keys[j]: r + 1 for r, j in enumerate(ranked)}
+                picked = [k for k in vocabulary_rank if k not in chosen][:config.vocabulary_candidates]
+                chosen += [k for k in picked if isinstance(k, int)]
+                typed_in = [k for k in picked if isinstance(k, str)]
             if drift is not None and config.reference_candidates:
                 masked = drift.masked_fill(~allowed, -torch.inf)
                 top_drift = torch.topk(masked, config.reference_candidates).indices.tolist()
                 chosen += [i for i in top_drift if i not in chosen]
             words: dict[int | str, str] = {i: typeable[i] for i in chosen}
+            words.update((w, w) for w in typed_in)
             if unknown is not None:  # every character the tokenizer does not know, as one candidate
                 words[victim.tokenizer.unk_token_id] = unknown
             if drift is not None:
@@ -794,7 +809,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 single = isinstance(key, int)
                 measured_here.append((TokenEvidence(
                     words[key], label, round(float(hits) / int(m), 4), rank.get(key) if single else None,
-                    vocabulary_rank.get(key) if single else None,
+                    vocabulary_rank.get(key),
                     None if drift is None or not single else round(float(drift[key]), 4), n,
                     None if share is None else round(share, 4), task, round(value, 4), round(low, 4),
                     round(high, 4), read_as=victim.tokenizer.unk_token if words[key] == unknown else None,
@@ -811,7 +826,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 random_flips = flips(random_words, screen)
                 vocabulary_nulls[label] = NullEvidence.of(random_words, random_flips, len(screen))
                 for t, hits in at_threshold:
-                    expected = as_strong(hits, t.texts, random_flips, len(screen), len(vocabulary))
+                    expected = as_strong(hits, t.texts, random_flips, len(screen), len(vocabulary_keys))
                     t.as_strong = float(f"{expected:.3g}")
     if not tokens:
         raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")
@@ -833,7 +848,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                       target_id=victim.label_names.index(top.label), tokens=tokens[:config.report],
                       base_rates=base_rates, n_samples=n_samples,
                       reference=None if reference is None else str(reference), null=nulls,
-                      vocabulary_null=vocabulary_nulls, vocabulary_words=len(vocabulary), warnings=warnings,
+                      vocabulary_null=vocabulary_nulls, vocabulary_words=len(vocabulary_keys), warnings=warnings,
                       seconds=round(time.perf_counter() - start, 1),
                       stage_seconds=stage_seconds, precision=precision,
                       config=config.model_dump())

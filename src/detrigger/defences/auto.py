@@ -84,7 +84,9 @@ NO_REFERENCE = ("no reference fits this model (give --reference, the suspect's p
 
 
 class AutoConfig(DefenceConfig):
-    scan: ScanConfig = Field(ScanConfig(samples=100),
+    # without the common words (`lexicon_words`) until auto's grids are re-run with them: they are the scan's
+    # default since 2026-12-02, and a default that changes auto's scan is a new bench cell for every record
+    scan: ScanConfig = Field(ScanConfig(samples=100, lexicon_words=0),
                              description="the scan before and after (threshold: calibrated on clean models); half "
                                          "the calibration's texts, for time (an undecided verdict is taken again "
                                          "at the calibration's): a trigger flips all of them")

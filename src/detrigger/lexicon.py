@@ -1,0 +1,27 @@
+"""Common English words that a tokenizer cuts into pieces: the scan's candidates for a word trigger that is no
+single token (marmalade = mar ##mal ##ade under MiniLM's WordPiece). The whole-word tokens are the vocabulary
+pass's own candidates; an ordinary word the vocabulary does not hold can only be found by typing it, and the
+pieces' gradients do not point at it (docs/scan.md, "Multi-piece triggers"). The words are wordfreq's list,
+installed with the package, so nothing is fetched at run time."""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.lru_cache(maxsize=4)
+def common_words(n: int) -> tuple[str, ...]:
+    """The words among the `n` most frequent of English (wordfreq's list, most frequent first) that are typed as
+    three or more ASCII letters: no numbers, no contractions, no short pieces of words."""
+    from wordfreq import top_n_list
+
+    return tuple(w for w in top_n_list("en", n) if len(w) >= 3 and w.isascii() and w.isalpha())
+
+
+def pieced_words(tokenizer, n: int) -> list[str]:
+    """Of `common_words(n)`, those that `tokenizer` reads as two or more tokens, most frequent first."""
+    words = list(common_words(n)) if n else []
+    if not words:
+        return []
+    ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+    return [w for w, pieces in zip(words, ids) if len(pieces) >= 2]
