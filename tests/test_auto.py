@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # without mixing, and the mixing step in its own test (its effect on real models: docs/defences.md).
 CONFIG = {"train": TrainConfig(epochs=4, lr=3e-3, batch_size=8), "val_fraction": 0.3, "mix_rho": None,
           "scan": ScanConfig(samples=32, candidates=10, reference_candidates=5, screen_samples=16, verify=5,
-                             threshold=0.7)}
+                             threshold=0.7, lexicon_words=0)}  # auto's default: no common words
 
 
 def _model(reference, rate: float, trigger=None):

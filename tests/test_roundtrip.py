@@ -34,7 +34,8 @@ def tiny_config(method: str) -> dict:
     """One epoch and one grid point for whichever of these options the defence has."""
     fields = DEFENCES[method].config.model_fields
     quick = {"train": QUICK, "teacher_train": QUICK, "rho_grid": (0.5,), "ratios": (0.2,), "top_n": 5, "max_rounds": 1,
-             "scan": ScanConfig(samples=10, candidates=3, rounds=1, screen_samples=0, verify=3, report=5)}
+             "scan": ScanConfig(samples=10, candidates=3, rounds=1, screen_samples=0, verify=3, report=5,
+                                lexicon_words=0)}
     return {k: v for k, v in quick.items() if k in fields}
 
 
