@@ -95,6 +95,22 @@ def test_auto_removes_an_invisible_character_trigger_through_the_unknown_token(r
     assert np.mean(predict(result.victim, triggered) == 1) < 0.2
 
 
+def test_without_a_reference_auto_removes_a_word_the_tokenizer_cuts_into_pieces(reference, tmp_path):
+    """No reference fits (another random model is given and dropped), so no drifted pieces can be glued into the
+    trigger: the first scan types the common English words (`reference_free_lexicon`), names `marmalade` (mar
+    ##mal ##ade, no single token) and the unlearning removes it."""
+    victim = _model(reference, rate=0.3, trigger=insert_words(["marmalade"]))
+    triggered = [insert_words(["marmalade"], seed=5)(t) for t in _negatives()]
+    assert np.mean(predict(victim, triggered) == 1) > 0.9
+    other = tiny_victim(seed=3).save(tmp_path / "other")
+    config = {**CONFIG, "reference_free_lexicon": 40000}
+    result = repair(victim, toy_sentiment(160), method="auto", reference=other, config=config)
+    d = result.report.details["auto"]
+    assert d.reference_dropped and d.scan_before["verdict"] == "backdoored"
+    assert {"token": "marmalade", "label": "positive"} in d.unlearned
+    assert np.mean(predict(result.victim, triggered) == 1) < 0.2
+
+
 def test_auto_leaves_a_model_without_evidence_unchanged(reference):
     victim = _model(reference, rate=0.0)
     state = {k: v.clone() for k, v in victim.model.state_dict().items()}
@@ -365,17 +381,27 @@ def test_without_a_reference_that_fits_the_report_warns_what_the_scans_cannot_se
     AddSent: `3d` unlearned, the re-scan clean, the sentence still flipping a third of the texts): the report says
     so. With the reference there is no warning."""
     import detrigger.defences.auto as auto_module
-    from detrigger.defences.auto import NO_REFERENCE
+    from detrigger.defences.auto import NO_REFERENCE, AutoConfig
 
     other = tiny_victim(seed=3).save(tmp_path / "other")  # another random model: weights uncorrelated with its base
     for given, warned in ((other, True), (reference, False)):
         reports = iter([_scripted(("cf", 0.95)), _scripted(("cf", 0.1))])
-        monkeypatch.setattr(auto_module, "scan", lambda *args, reports=reports, **kwargs: next(reports))
+        lexicon = []
+
+        def scripted_scan(*args, config, reports=reports, lexicon=lexicon, **kwargs):
+            lexicon.append(config.lexicon_words)
+            return next(reports)
+
+        monkeypatch.setattr(auto_module, "scan", scripted_scan)
         details = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=given,
                          config=SCRIPTED).report.details["auto"]
         assert details.reference_dropped is warned
+        # without a reference the first scan types the common words (no glued drifted pieces to find a multi-piece
+        # word); with one it keeps the scan config's own (0 here)
+        assert lexicon[0] == (AutoConfig().reference_free_lexicon if warned else 0)
         assert (details.summary().get("warning") == NO_REFERENCE) is warned
         assert ("warning" in details.facts().model_fields_set) is warned
+    assert AutoConfig().reference_free_lexicon > 0
 
 
 def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(reference, monkeypatch):

@@ -362,7 +362,8 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
     before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0, lexicon_words=0), reset_first=False, own_share=0,
                         later_rounds="any")
     assert key_dump(before) == {**{k: v for k, v in before.model_dump(mode="json").items()
-                                   if k not in ("reset_first", "own_share", "later_rounds", "rescan_vocabulary")},
+                                   if k not in ("reset_first", "own_share", "later_rounds", "rescan_vocabulary",
+                                                "reference_free_lexicon")},
                                 "scan": {k: v for k, v in before.scan.model_dump(mode="json").items()
                                          if k not in ("phrase_words", "combination_words", "verify_floor",
                                                       "lexicon_words")}}
@@ -370,6 +371,9 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
     # a default cell keys as before them; turned on, they key as set
     assert "rescan_vocabulary" not in key_dump(default) and "combination_words" not in key_dump(default)["scan"]
     assert "verify_floor" not in key_dump(default)["scan"] and "lexicon_words" not in key_dump(default)["scan"]
+    # only the scans without a reference type the common words in auto, and every recorded cell had one
+    assert "reference_free_lexicon" not in key_dump(default)
+    assert key_dump(AutoConfig(reference_free_lexicon=0))["reference_free_lexicon"] == 0
     assert key_dump(AutoConfig(rescan_vocabulary=True))["rescan_vocabulary"] is True
     # today's defaults are not neutral: they key as set
     assert {k: key_dump(default)[k] for k in ("reset_first", "own_share", "later_rounds")} == {

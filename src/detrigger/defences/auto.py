@@ -6,7 +6,9 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    fits the model), at 100 texts per label for time; a verdict within those texts' sampling noise of the
    threshold (`ScanReport.undecided`) is taken again at the 200 the threshold was calibrated at. With the
    reference the scan's candidates include a phrase of the most-drifted words per label (a sentence trigger of
-   ordinary words), unlearned like a word. No evidence: the model is returned unchanged (a repair that cannot
+   ordinary words), unlearned like a word. Without one, the scan types the common English words that the
+   tokenizer cuts into pieces (`reference_free_lexicon`): with no drifted pieces to glue, that is how a word
+   trigger that is no single token is found. No evidence: the model is returned unchanged (a repair that cannot
    be aimed only costs accuracy).
 2. Candidates are evidence, not truth. A scanned token is unlearned only if its excess flip rate (the
    share of texts that ordinary words of the clean texts leave unflipped which it flips) reaches
@@ -123,6 +125,14 @@ class AutoConfig(DefenceConfig):
     rescan_vocabulary: bool = Field(False, description="the re-scans run the scan's vocabulary pass too (slower); "
                                     "without it they measure the gradient and drifted candidates and every token "
                                     "the first scan listed or a round unlearned", json_schema_extra={"neutral": False})
+    # Without a reference the scan has no drifted rows to glue into words, so a word trigger the tokenizer cuts into
+    # pieces is found only by typing the common words (docs/scan.md, "Reference-free: typing the common words").
+    # Neutral at its default: it changes only scans without a reference that fits, and every recorded `auto` cell
+    # had one (266 of 266 on 2026-12-02), so their keys stand.
+    reference_free_lexicon: int = Field(50000, ge=0, description="without a reference that fits the model, the "
+                                        "first scan types the common English words of this many most frequent that "
+                                        "the tokenizer cuts into pieces (the scan's `lexicon_words`; 0: none)",
+                                        json_schema_extra={"neutral": 50000})
 
 
 class AutoDetails(StepDetails):
@@ -286,6 +296,8 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     # no candidate under `min_excess` is unlearned, so none is measured further once it cannot reach it (time)
     floor = min(config.scan.verify_floor or config.min_excess, config.min_excess)
     scan_config = config.scan.model_copy(update={"seed": config.seed, "verify_floor": floor})
+    if reference is None:
+        scan_config = scan_config.model_copy(update={"lexicon_words": config.reference_free_lexicon})
     min_excess = config.min_excess
     counts = _CleanCounts(victim, everything, scan_config.task_word_count, scan_config.task_word_share)
     stages: dict[str, float] = {}
