@@ -360,11 +360,13 @@ def test_report_text_json_and_cli(word_victim, tmp_path):
     data.write_text("\n".join(json.dumps({"text": t, "label": ds.label_names[y]}) for t, y in zip(ds.texts, ds.labels)))
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
                            "--reference", str(reference), "--samples", "16", "--candidates", "5", "--threshold", "0.4",
-                           "--json"],
+                           "--lexicon-words", "0", "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr  # flagged
     out = json.loads(proc.stdout)
     assert out["tokens"][0]["token"] == "cf" and out["verdict"] == "backdoored"
+    typeable = typed_words(victim)
+    assert out["vocabulary_words"] == len(typeable) - typeable.count(None)  # whole words only: no common words
     assert "scan:" not in proc.stderr  # no progress bar when stderr is not a terminal
     proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
                            "--samples", "3"], capture_output=True, text=True)

@@ -296,8 +296,8 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         from detrigger.scan import ScanConfig, ScanOptions
 
         add_fields(p, ScanOptions)
-        add_fields(p, ScanConfig, "samples", "candidates", "rounds", "phrase_words", "combination_words",
-                   "verify_floor", "threshold")
+        add_fields(p, ScanConfig, "samples", "candidates", "rounds", "lexicon_words", "phrase_words",
+                   "combination_words", "verify_floor", "threshold")
     elif command == "filter":
         from detrigger.filters import FILTERS, FilterOptions
 
