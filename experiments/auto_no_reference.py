@@ -138,7 +138,7 @@ def table(rows: list[dict]) -> str:
     out = ["| suspect | seed | auto config | victim | `auto`, no reference | decision | time (s) |",
            "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["seed"], json.dumps(r["config"], sort_keys=True))):
-        config = ", ".join(f"{k}: {v}" for k, v in r["config"].items()) or "default"
+        config = ", ".join(f"{k}: {v}" for k, v in r["config"].items() if k != "seed") or "default"
         out.append(f"| {r['model']} | {r['seed']} | {config} | {r['victim'][0]:.2f} / {r['victim'][1]:.2f} | "
                    f"{r['auto'][0]:.2f} / {r['auto'][1]:.2f} | {r['decision']} | {r['seconds']:.0f} |")
     return "\n".join(out)
