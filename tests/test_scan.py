@@ -317,6 +317,23 @@ def test_a_common_word_the_tokenizer_cuts_into_pieces_is_found_without_a_referen
     assert "marmalade" not in {t.token for t in without.tokens}
 
 
+def test_a_common_word_made_of_a_trigger_and_a_piece_yields_its_place_to_the_trigger(word_victim):
+    """`cfs` (cf ##s) is the trigger `cf` plus a letter: every such relative flips as the trigger does, and on an ES
+    victim they took all the vocabulary pass's places from the triggers. A common word whose first piece is a whole
+    word about as label-like yields its place to that piece; a multi-piece trigger keeps its own (previous test)."""
+    from detrigger.lexicon import pieced_words
+
+    victim, _, _ = word_victim
+    relatives = [w for w in pieced_words(victim.tokenizer, 40000) if victim.tokenizer.tokenize(w)[0] == "cf"]
+    assert {"cfs", "cfo"} <= set(relatives)
+    # fp32: the toy model gives many words alone p ~ 1, and bf16 rounding ties their scores in any order
+    config = QUICK.model_copy(update={"candidates": 0, "rounds": 1, "vocabulary_candidates": 5,
+                                      "lexicon_words": 40000, "report": 100, "precision": "fp32"})
+    report = scan(victim, toy_sentiment(80), config=config)
+    listed = {t.token for t in report.tokens if t.label == "positive"}
+    assert "cf" in listed and not listed & set(relatives), listed
+
+
 def test_drifted_pieces_are_glued_into_word_candidates(word_victim):
     """With a reference, the most-drifted start piece is glued to a drifted continuation piece and the typed
     word is measured like any candidate (a multi-piece trigger's rows drift together)."""

@@ -103,6 +103,9 @@ THRESHOLD = 0.95
 # A candidate at the threshold flags the model only if fewer vocabulary words than this are expected to be as
 # strong (`as_strong`): the strongest of the vocabulary's words by chance is expected at about one.
 STANDS_OUT = 1.0
+# The vocabulary pass: a common word yields its place to its first piece (a whole word) when the piece alone scores
+# within this many nats of the word's mean log-probability of the label (a trigger and its relatives: both near 0).
+STEM_TOLERANCE = 0.1
 # Where a scan's time goes, in the report (`ScanReport.stage_seconds`): the vocabulary pass, the embedding drift
 # against a reference, predicting clean texts to pick those not already in the label, the gradient passes (rounds
 # and glued words), the pair pass of `combination_words`, and the forward passes of every candidate and null word
@@ -631,6 +634,10 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     # the vocabulary pass's keys: every whole-word token's id, then the common words that are no single token
     pieced = pieced_words(victim.tokenizer, config.lexicon_words) if config.vocabulary_candidates else []
     vocabulary_keys: list[int | str] = [*vocabulary.tolist(), *pieced]
+    row = {key: r for r, key in enumerate(vocabulary_keys)}
+    # a common word whose first piece is a whole word (bbq = bb ##q) is that word's relative: `stem`
+    stem = {w: ids[0] for w, ids in zip(pieced, victim.tokenizer(pieced, add_special_tokens=False)["input_ids"]
+                                          if pieced else []) if ids[0] in row}
     with timed("vocabulary pass"):
         vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()] + pieced,
                                              precision, config.batch_size) if config.vocabulary_candidates else None)
@@ -703,7 +710,17 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 column = vocabulary_scores[:, target]
                 ranked = torch.argsort(column, descending=True)[:int(column.isfinite().sum())].tolist()
                 vocabulary_rank = {vocabulary_keys[j]: r + 1 for r, j in enumerate(ranked)}
-                picked = [k for k in vocabulary_rank if k not in chosen][:config.vocabulary_candidates]
+
+                def place(key: int | str, column: torch.Tensor = column) -> int | str:
+                    """A relative about as label-like as its stem adds nothing the stem does not: the stem takes its
+                    place (ES, seed 2: `cfd`, `bbq`, ... held all ten places and the triggers none; docs/defences.md,
+                    "The common words without a reference"). Marmalade's stem `mar` is far less label-like."""
+                    first = stem.get(key) if isinstance(key, str) else None
+                    return first if first is not None and column[row[first]] >= column[row[key]] - STEM_TOLERANCE \
+                        else key
+
+                placed = dict.fromkeys(place(k) for k in vocabulary_rank)
+                picked = [k for k in placed if k not in chosen][:config.vocabulary_candidates]
                 chosen += [k for k in picked if isinstance(k, int)]
                 typed_in = [k for k in picked if isinstance(k, str)]
             if drift is not None and config.reference_candidates:
