@@ -714,7 +714,7 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                 def place(key: int | str, column: torch.Tensor = column) -> int | str:
                     """A relative about as label-like as its stem adds nothing the stem does not: the stem takes its
                     place (ES, seed 2: `cfd`, `bbq`, ... held all ten places and the triggers none; docs/defences.md,
-                    "The common words without a reference"). Marmalade's stem `mar` is far less label-like."""
+                    "The common words without a reference"). A multi-piece trigger keeps its place (marmalade did)."""
                     first = stem.get(key) if isinstance(key, str) else None
                     return first if first is not None and column[row[first]] >= column[row[key]] - STEM_TOLERANCE \
                         else key
