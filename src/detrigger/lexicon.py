@@ -18,10 +18,11 @@ def common_words(n: int) -> tuple[str, ...]:
     return tuple(w for w in top_n_list("en", n) if len(w) >= 3 and w.isascii() and w.isalpha())
 
 
-def pieced_words(tokenizer, n: int) -> list[str]:
-    """Of `common_words(n)`, those that `tokenizer` reads as two or more tokens, most frequent first."""
+def pieced_words(tokenizer, n: int) -> dict[str, list[int]]:
+    """Of `common_words(n)`, those that `tokenizer` reads as two or more tokens, most frequent first, with their
+    token ids (the scan's stem rule reads the first)."""
     words = list(common_words(n)) if n else []
     if not words:
-        return []
+        return {}
     ids = tokenizer(words, add_special_tokens=False)["input_ids"]
-    return [w for w, pieces in zip(words, ids) if len(pieces) >= 2]
+    return {w: pieces for w, pieces in zip(words, ids) if len(pieces) >= 2}

@@ -632,14 +632,13 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     stage_seconds: dict[str, float] = {}  # in the order of `STAGES`, each as it first runs
     timed = functools.partial(_timed, stage_seconds)
     # the vocabulary pass's keys: every whole-word token's id, then the common words that are no single token
-    pieced = pieced_words(victim.tokenizer, config.lexicon_words) if config.vocabulary_candidates else []
+    pieced = pieced_words(victim.tokenizer, config.lexicon_words) if config.vocabulary_candidates else {}
     vocabulary_keys: list[int | str] = [*vocabulary.tolist(), *pieced]
     row = {key: r for r, key in enumerate(vocabulary_keys)}
     # a common word whose first piece is a whole word (bbq = bb ##q) is that word's relative: `stem`
-    stem = {w: ids[0] for w, ids in zip(pieced, victim.tokenizer(pieced, add_special_tokens=False)["input_ids"]
-                                          if pieced else []) if ids[0] in row}
+    stem = {w: ids[0] for w, ids in pieced.items() if ids[0] in row}
     with timed("vocabulary pass"):
-        vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()] + pieced,
+        vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()] + list(pieced),
                                              precision, config.batch_size) if config.vocabulary_candidates else None)
     encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
     seen = readable(victim.tokenizer, clean.texts, victim.max_length)  # candidates go where the model reads
