@@ -111,10 +111,11 @@ def suspects(args):
                     continue
                 data = DataSpec(**{**m["data"], "seed": seed})
                 attack = AttackSpec(**{**m["attack"], "seed": seed})
+                encoder = m.get("encoder")
 
-                def load(data=data, attack=attack, seed=seed):
+                def load(data=data, attack=attack, seed=seed, encoder=encoder):
                     splits = load_splits(data)
-                    return (cached_victim(data, attack, progress=False), splits,
+                    return (cached_victim(data, attack, encoder=encoder, progress=False), splits,
                             clean_subset(splits.train, fraction=args.clean_fraction, seed=seed), args.clean_fraction)
 
                 yield m["name"], seed, {**args.config}, load

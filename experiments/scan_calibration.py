@@ -93,7 +93,8 @@ def models(args):
                 data = DataSpec(**{**m["data"], "seed": seed})
                 attack = AttackSpec(**{**m["attack"], "seed": seed})
                 yield (data.source, m["name"], seed, None if attack.rate == 0 else attack,
-                       m.get("encoder") or str(default_encoder_path()), partial(_listed, data, attack, args.built_only))
+                       m.get("encoder") or str(default_encoder_path()),
+                       partial(_listed, data, attack, m.get("encoder"), args.built_only))
         return
     spec = load_spec(args.spec)
     known = ["clean"] + [a.label() for a in spec.attacks]
@@ -119,12 +120,12 @@ def _cell(spec, cell, is_victim):
 
 
 
-def _listed(data, attack, built_only):
-    folder = victim_folder(data, attack, clean_config=TrainConfig(epochs=2, lr=5e-5), encoder=None,
+def _listed(data, attack, encoder, built_only):
+    folder = victim_folder(data, attack, clean_config=TrainConfig(epochs=2, lr=5e-5), encoder=encoder,
                            max_length=DEFAULT_MAX_LENGTH)
     if built_only and not (folder / CARD_FILE).is_file():
         return None, None
-    return load_victim(cached_victim(data, attack, progress=False)), load_splits(data).val
+    return load_victim(cached_victim(data, attack, encoder=encoder, progress=False)), load_splits(data).val
 
 
 def row(data, name, seed, with_ref, attack, report, tokenizer) -> dict:
