@@ -6,6 +6,8 @@
         --json results/auto-no-reference/models.json
     .venv/bin/python experiments/auto_no_reference.py --table results/auto-no-reference/*.json
 
+`--with-reference` gives `auto` the suspect's own base encoder instead, for the comparison on the same suspects.
+
 A user holding a downloaded model often does not have its base. `repair` then gets no reference that fits: it drops
 one whose weights are not the suspect's base (`base_mismatch`). This script gives every repair such a reference, a
 random BERT of another size written to a temporary folder, so `auto` runs exactly as it does for that user
@@ -41,6 +43,8 @@ def main() -> None:
                         "config of")
     parser.add_argument("--config", type=json.loads, default={}, help="auto config fields as JSON")
     parser.add_argument("--clean-fraction", type=float, default=0.2, help="a list's models: the defender's share")
+    parser.add_argument("--with-reference", action="store_true", help="give `auto` the suspect's own base encoder "
+                        "instead (the comparison: what a user who has the base gets); rows marked reference: true")
     args = parser.parse_args()
     if args.table:
         print(table([r for f in args.table for r in json.loads(Path(f).read_text())["rows"]]))
@@ -68,17 +72,20 @@ def main() -> None:
                             intermediate_size=64, num_labels=2)
         unknown = Victim(BertForSequenceClassification(config), AutoTokenizer.from_pretrained(default_encoder_path()),
                          ("negative", "positive"), 128, "random-bert").save(Path(tmp) / "unknown-base")
-        for name, seed, config, load in suspects(args):
+        for name, seed, config, base, load in suspects(args):
             key = {"spec": args.spec, "model": name, "seed": seed, "config": config}
-            if any({k: r[k] for k in key} == key for r in rows):
+            if args.with_reference:
+                key["reference"] = True
+            if any({k: r.get(k) for k in key} == key for r in rows):
                 continue
             folder, splits, subset, fraction = load()
             victim = load_victim(folder)
             start = time.perf_counter()
-            result = repair(victim, subset, method="auto", reference=unknown, config=config, clean_fraction=fraction)
+            result = repair(victim, subset, method="auto", reference=base if args.with_reference else unknown,
+                            config=config, clean_fraction=fraction)
             seconds = time.perf_counter() - start
             details = result.report.details["auto"]
-            assert details.reference_dropped, "the stand-in reference was taken for the suspect's base"
+            assert details.reference_dropped != args.with_reference, "the reference was not taken as intended"
             trigger, target = card_trigger(folder)  # read only now, to score the repair
             before, after = (evaluate(m, splits.test, trigger=trigger, target=target) for m in (victim, result.victim))
             row = {**key, "victim": [round(100 * before.cacc, 2), round(100 * before.trigger_effect, 2)],
@@ -96,12 +103,13 @@ def main() -> None:
 
 
 def suspects(args):
-    """(name, seed, auto config, loader) per suspect; the loader gives the victim folder, the data splits, the
-    defender's clean subset and its share of the training split."""
+    """(name, seed, auto config, base encoder, loader) per suspect; the loader gives the victim folder, the data
+    splits, the defender's clean subset and its share of the training split."""
     from detrigger.attacks import AttackSpec, cached_victim
     from detrigger.bench import load_spec
     from detrigger.bench.runner import cell_models
     from detrigger.data import DataSpec, clean_subset, load_splits
+    from detrigger.models.victim import default_encoder_path
 
     raw = yaml.safe_load(Path(args.spec).read_text())
     if "models" in raw:
@@ -118,7 +126,7 @@ def suspects(args):
                     return (cached_victim(data, attack, encoder=encoder, progress=False), splits,
                             clean_subset(splits.train, fraction=args.clean_fraction, seed=seed), args.clean_fraction)
 
-                yield m["name"], seed, {**args.config}, load
+                yield m["name"], seed, {**args.config}, encoder or str(default_encoder_path()), load
         return
     spec = load_spec(args.spec)
     for cell in spec.cells():
@@ -131,17 +139,20 @@ def suspects(args):
             return folder, splits, clean_subset(splits.train, fraction=cell.clean_fraction, seed=cell.seed), \
                 cell.clean_fraction
 
-        yield cell.attack, cell.seed, {**cell.config, **args.config}, load
+        yield cell.attack, cell.seed, {**cell.config, **args.config}, spec.encoder or str(default_encoder_path()), load
 
 
 def table(rows: list[dict]) -> str:
-    """One line per repair: CACC / trigger effect of the victim and of `auto` without a reference."""
-    out = ["| suspect | seed | auto config | victim | `auto`, no reference | decision | time (s) |",
-           "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["model"], r["seed"], json.dumps(r["config"], sort_keys=True))):
+    """One line per repair: CACC / trigger effect of the victim and of `auto` (without a reference unless the row
+    says so)."""
+    out = ["| suspect | seed | auto config | victim | `auto` | reference | decision | time (s) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["model"], r["seed"], bool(r.get("reference")),
+                                           json.dumps(r["config"], sort_keys=True))):
         config = ", ".join(f"{k}: {v}" for k, v in r["config"].items() if k != "seed") or "default"
         out.append(f"| {r['model']} | {r['seed']} | {config} | {r['victim'][0]:.2f} / {r['victim'][1]:.2f} | "
-                   f"{r['auto'][0]:.2f} / {r['auto'][1]:.2f} | {r['decision']} | {r['seconds']:.0f} |")
+                   f"{r['auto'][0]:.2f} / {r['auto'][1]:.2f} | {'base' if r.get('reference') else 'none fits'} | "
+                   f"{r['decision']} | {r['seconds']:.0f} |")
     return "\n".join(out)
 
 
