@@ -359,14 +359,14 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
     default = AutoConfig()
     assert default.scan.phrase_words == 6 and key_dump(default)["scan"]["phrase_words"] == 6
     # auto as it was before these fields: each at its neutral value, so out of the key
-    before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0, lexicon_words=0), reset_first=False, own_share=0,
-                        later_rounds="any")
+    before = AutoConfig(scan=ScanConfig(samples=100, phrase_words=0, lexicon_words=0, drifted_lexicon=0),
+                        reset_first=False, own_share=0, later_rounds="any")
     assert key_dump(before) == {**{k: v for k, v in before.model_dump(mode="json").items()
                                    if k not in ("reset_first", "own_share", "later_rounds", "rescan_vocabulary",
                                                 "reference_free_lexicon")},
                                 "scan": {k: v for k, v in before.scan.model_dump(mode="json").items()
                                          if k not in ("phrase_words", "combination_words", "verify_floor",
-                                                      "lexicon_words")}}
+                                                      "lexicon_words", "drifted_lexicon")}}
     # fields whose default is their neutral value (re-scans without the vocabulary pass, no combination pass):
     # a default cell keys as before them; turned on, they key as set
     assert "rescan_vocabulary" not in key_dump(default) and "combination_words" not in key_dump(default)["scan"]
@@ -378,3 +378,4 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
     # today's defaults are not neutral: they key as set
     assert {k: key_dump(default)[k] for k in ("reset_first", "own_share", "later_rounds")} == {
         "reset_first": True, "own_share": 0.5, "later_rounds": "siblings"}
+    assert key_dump(default)["scan"]["drifted_lexicon"] == 20  # since 2026-12-02: a new cell for every auto record

@@ -296,18 +296,25 @@ def test_a_weak_clean_model_is_not_flagged_by_words_that_do_not_stand_out(clean_
     assert "(it stands out)" in victim.text()
 
 
-def test_a_common_word_the_tokenizer_cuts_into_pieces_is_found_without_a_reference(word_victim):
+@pytest.fixture(scope="module")
+def marmalade_victim(word_victim):
+    """The word victim's recipe with `marmalade` (mar ##mal ##ade), a word that is no single token, as the trigger."""
+    _, reference, _ = word_victim
+    victim = load_victim(reference)
+    assert victim.tokenizer.tokenize("marmalade") == ["mar", "##mal", "##ade"]
+    poisoned = poison(toy_sentiment(96), insert_words(["marmalade"]), rate=0.3, target=1, seed=0).data
+    train(victim, poisoned, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
+    return victim, reference
+
+
+def test_a_common_word_the_tokenizer_cuts_into_pieces_is_found_without_a_reference(marmalade_victim):
     """`lexicon_words`: the vocabulary pass also types the common English words that are no single token, so a
     trigger such as `marmalade` (mar ##mal ##ade) is a candidate, found by insertion, with no reference; without
     the lexicon no candidate is the word."""
     from detrigger.lexicon import pieced_words
 
-    _, reference, _ = word_victim
-    victim = load_victim(reference)
-    assert victim.tokenizer.tokenize("marmalade") == ["mar", "##mal", "##ade"]
+    victim, _ = marmalade_victim
     assert "marmalade" in pieced_words(victim.tokenizer, 40000) and "film" not in pieced_words(victim.tokenizer, 40000)
-    poisoned = poison(toy_sentiment(96), insert_words(["marmalade"]), rate=0.3, target=1, seed=0).data
-    train(victim, poisoned, None, TrainConfig(epochs=20, lr=3e-3, batch_size=8), progress=False)
     config = QUICK.model_copy(update={"vocabulary_candidates": 10, "lexicon_words": 40000, "report": 100})
     report = scan(victim, toy_sentiment(80), config=config)
     found = [t for t in report.tokens if t.token == "marmalade"]
@@ -315,6 +322,21 @@ def test_a_common_word_the_tokenizer_cuts_into_pieces_is_found_without_a_referen
     assert found[0].gradient_rank is None and report.vocabulary_words == len(typed_words(victim)) - typed_words(
         victim).count(None) + len(pieced_words(victim.tokenizer, 40000))
     without = scan(victim, toy_sentiment(80), config=config.model_copy(update={"lexicon_words": 0}))
+    assert "marmalade" not in {t.token for t in without.tokens}
+
+
+def test_with_a_reference_the_common_words_made_of_drifted_pieces_are_typed(marmalade_victim):
+    """`drifted_lexicon`: with a reference and no `lexicon_words`, the common words with two or more pieces among the
+    most-drifted tokens are typed too (a multi-piece trigger's pieces drift together), so `marmalade` itself is
+    measured; without it the drift only glues pieces (`marmal`), and the word is no candidate."""
+    victim, reference = marmalade_victim
+    config = QUICK.model_copy(update={"vocabulary_candidates": 10, "lexicon_words": 0, "drifted_lexicon": 20,
+                                      "report": 100})
+    report = scan(victim, toy_sentiment(80), reference=reference, config=config)
+    found = [t for t in report.tokens if t.token == "marmalade"]
+    assert found and found[0].label == "positive" and found[0].effect > 0.9 and found[0].vocabulary_rank <= 10
+    without = scan(victim, toy_sentiment(80), reference=reference,
+                   config=config.model_copy(update={"drifted_lexicon": 0}))
     assert "marmalade" not in {t.token for t in without.tokens}
 
 

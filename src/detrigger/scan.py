@@ -20,7 +20,9 @@
    most frequent of wordfreq's list; `lexicon.py`): a trigger such as `marmalade` (mar ##mal ##ade) is no token,
    and its pieces neither act alone nor rank high by the gradient.
    With a pre-trained reference: also the top E-PUR tokens (embedding drift over log clean-text
-   frequency, `defences/epur.py`), and multi-piece words glued from the most-drifted pieces (`glued_words`).
+   frequency, `defences/epur.py`), multi-piece words glued from the most-drifted pieces (`glued_words`), and in the
+   vocabulary pass the common words with two or more pieces among the most-drifted tokens (`drifted_lexicon`: a
+   few dozen words of a 100,000-word list, so `auto`, whose scans skip the full list, still types `marmalade`).
    Always: the unknown token, typed as a character the tokenizer does not know (`unknown_probe`): an invisible
    character trigger (U+2800) reaches a WordPiece model as [UNK], which no whole word is. Experimental, off by
    default (`combination_words`): pairs and triples of the most-drifted words (`drifted_combinations`), for
@@ -62,8 +64,9 @@
 
 Single words are the candidates (whole-word tokens and common words), so a sentence trigger (AddSent) is
 found reference-free only through the single words of it that the model keys on, if any (the vocabulary pass
-finds them). A word that the tokenizer cuts into pieces is found by typing it if it is among the common words,
-and with a reference through its drifted pieces, glued (`glued_words`; docs/scan.md, "Multi-piece triggers":
+finds them). A word that the tokenizer cuts into pieces is found by typing it if it is among the common words
+(with a reference, those made of drifted pieces), and through its drifted pieces, glued (`glued_words`;
+docs/scan.md, "Multi-piece triggers":
 gluing gradient-ranked pieces without the drift was tried and made adversarial non-words).
 """
 
@@ -106,11 +109,14 @@ STANDS_OUT = 1.0
 # The vocabulary pass: a common word yields its place to its first piece (a whole word) when the piece alone scores
 # within this many nats of the word's mean log-probability of the label (a trigger and its relatives: both near 0).
 STEM_TOLERANCE = 0.1
-# Where a scan's time goes, in the report (`ScanReport.stage_seconds`): the vocabulary pass, the embedding drift
-# against a reference, predicting clean texts to pick those not already in the label, the gradient passes (rounds
+# `drifted_lexicon`: the list its common words are drawn from (pinecone, a multi-piece trigger, is 81,761th), large
+# because only the few words made of most-drifted pieces are typed
+DRIFTED_LEXICON_WORDS = 100_000
+# Where a scan's time goes, in the report (`ScanReport.stage_seconds`): the embedding drift against a reference, the
+# vocabulary pass, predicting clean texts to pick those not already in the label, the gradient passes (rounds
 # and glued words), the pair pass of `combination_words`, and the forward passes of every candidate and null word
 # inserted into texts.
-STAGES = ("vocabulary pass", "reference drift", "texts", "gradient", "combinations", "insertions")
+STAGES = ("reference drift", "vocabulary pass", "texts", "gradient", "combinations", "insertions")
 
 
 class ScanConfig(BaseModel):
@@ -127,6 +133,10 @@ class ScanConfig(BaseModel):
                                "is no single token); 0: whole-word tokens only",
                                json_schema_extra={"neutral": 0})
     reference_candidates: int = Field(20, ge=0, description="E-PUR-ranked candidates added with a reference")
+    drifted_lexicon: int = Field(20, ge=0, description="with a reference: the vocabulary pass also types the "
+                                 "common English words the tokenizer cuts into pieces (of the 100,000 most frequent) "
+                                 "with two or more pieces among this many most-drifted tokens: a multi-piece trigger's "
+                                 "pieces drift together; 0: none", json_schema_extra={"neutral": 0})
     phrase_words: int = Field(6, ge=0, description="with a reference: a phrase candidate per label, the most-drifted "
                               "whole words that are not its task words, this many in a row (a sentence trigger of "
                               "ordinary words); its null is the null words in phrases as long; 0: none",
@@ -631,8 +641,21 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     vocabulary = torch.nonzero(allowed).flatten()
     stage_seconds: dict[str, float] = {}  # in the order of `STAGES`, each as it first runs
     timed = functools.partial(_timed, stage_seconds)
+    if reference is None and drift is not None:
+        raise ValueError("scan: `drift` needs the reference it was measured against")
+    if reference is not None:
+        from detrigger.defences.epur import epur_scores
+
+        with timed("reference drift"):
+            if drift is None:
+                drift = epur_scores(victim, reference_state(victim, reference, "scan"), list(clean.texts))
+        pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label
     # the vocabulary pass's keys: every whole-word token's id, then the common words that are no single token
     pieced = pieced_words(victim.tokenizer, config.lexicon_words) if config.vocabulary_candidates else {}
+    if drift is not None and config.drifted_lexicon and config.vocabulary_candidates:
+        drifted = set(torch.topk(drift, config.drifted_lexicon).indices.tolist())
+        pieced.update((w, ids) for w, ids in pieced_words(victim.tokenizer, DRIFTED_LEXICON_WORDS).items()
+                      if w not in pieced and sum(i in drifted for i in ids) >= 2)
     vocabulary_keys: list[int | str] = [*vocabulary.tolist(), *pieced]
     row = {key: r for r, key in enumerate(vocabulary_keys)}
     # a common word whose first piece is a whole word (bbq = bb ##q) is that word's relative: `stem`
@@ -648,15 +671,6 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     counts = sum(by_label, Counter[int]())
     # the null: ordinary words of the clean texts (whole-word tokens, drawn uniformly over the distinct ones)
     ordinary = sorted(i for i in counts if allowed[i])
-    if reference is None and drift is not None:
-        raise ValueError("scan: `drift` needs the reference it was measured against")
-    if reference is not None:
-        from detrigger.defences.epur import epur_scores
-
-        with timed("reference drift"):
-            if drift is None:
-                drift = epur_scores(victim, reference_state(victim, reference, "scan"), list(clean.texts))
-        pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label
 
     @functools.cache  # a glued word's count scans every clean text; the sorts ask again
     def evidence(key: int | str, target: int) -> tuple[int, float | None, bool]:

@@ -6,10 +6,11 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    fits the model), at 100 texts per label for time; a verdict within those texts' sampling noise of the
    threshold (`ScanReport.undecided`) is taken again at the 200 the threshold was calibrated at. With the
    reference the scan's candidates include a phrase of the most-drifted words per label (a sentence trigger of
-   ordinary words), unlearned like a word. Without one, the scan types the common English words that the
-   tokenizer cuts into pieces (`reference_free_lexicon`): with no drifted pieces to glue, that is how a word
-   trigger that is no single token is found. No evidence: the model is returned unchanged (a repair that cannot
-   be aimed only costs accuracy).
+   ordinary words), unlearned like a word, and the common words made of its most-drifted pieces (the scan's
+   `drifted_lexicon`: a multi-piece trigger's pieces drift together). Without one, the scan types all the common
+   English words that the tokenizer cuts into pieces (`reference_free_lexicon`): with no drift to pick them,
+   that is how a word trigger that is no single token is found. No evidence: the model is returned unchanged (a
+   repair that cannot be aimed only costs accuracy).
 2. Candidates are evidence, not truth. A scanned token is unlearned only if its excess flip rate (the
    share of texts that ordinary words of the clean texts leave unflipped which it flips) reaches
    `min_excess` (0.80, below the scan's flagging threshold: it applies to a flagged model only) and it is
