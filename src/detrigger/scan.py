@@ -66,8 +66,8 @@ Single words are the candidates (whole-word tokens and common words), so a sente
 found reference-free only through the single words of it that the model keys on, if any (the vocabulary pass
 finds them). A word that the tokenizer cuts into pieces is found by typing it if it is among the common words
 (with a reference, those made of drifted pieces), and through its drifted pieces, glued (`glued_words`;
-docs/scan.md, "Multi-piece triggers":
-gluing gradient-ranked pieces without the drift was tried and made adversarial non-words).
+docs/scan.md, "Multi-piece triggers": gluing gradient-ranked pieces without the drift was tried and made
+adversarial non-words).
 """
 
 from __future__ import annotations
