@@ -93,7 +93,7 @@ from detrigger.batching import bucketed_batches, collate, encode, readable
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, backward_friendly_attention, fast_bf16
 from detrigger.errors import DetriggerError
-from detrigger.lexicon import pieced_words
+from detrigger.lexicon import common_words, pieced_words
 from detrigger.models.arch import watched_embeddings
 from detrigger.models.predict import predict, predict_logits
 from detrigger.models.victim import MODEL_SOURCE, Victim, reference_state
@@ -650,12 +650,15 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
             if drift is None:
                 drift = epur_scores(victim, reference_state(victim, reference, "scan"), list(clean.texts))
         pieces = tuple(torch.from_numpy(m) for m in word_pieces(victim))  # once per scan, not per label
-    # the vocabulary pass's keys: every whole-word token's id, then the common words that are no single token
-    pieced = pieced_words(victim.tokenizer, config.lexicon_words) if config.vocabulary_candidates else {}
-    if drift is not None and config.drifted_lexicon and config.vocabulary_candidates:
-        drifted = set(torch.topk(drift, config.drifted_lexicon).indices.tolist())
-        pieced.update((w, ids) for w, ids in pieced_words(victim.tokenizer, DRIFTED_LEXICON_WORDS).items()
-                      if w not in pieced and sum(i in drifted for i in ids) >= 2)
+    # the vocabulary pass's keys: every whole-word token's id, then the common words that are no single token: the
+    # `lexicon_words` most frequent, and with a reference those of a longer list made of most-drifted pieces (the
+    # shorter list is the longer one's head, so the words are cut once)
+    lexicon = config.lexicon_words if config.vocabulary_candidates else 0
+    drifted = (set(torch.topk(drift, config.drifted_lexicon).indices.tolist())
+               if drift is not None and config.drifted_lexicon and config.vocabulary_candidates else set())
+    listed = pieced_words(victim.tokenizer, max(lexicon, DRIFTED_LEXICON_WORDS) if drifted else lexicon)
+    frequent = set(common_words(lexicon)) if lexicon else set()
+    pieced = {w: ids for w, ids in listed.items() if w in frequent or sum(i in drifted for i in ids) >= 2}
     vocabulary_keys: list[int | str] = [*vocabulary.tolist(), *pieced]
     row = {key: r for r, key in enumerate(vocabulary_keys)}
     # a common word whose first piece is a whole word (bbq = bb ##q) is that word's relative: `stem`
