@@ -16,10 +16,12 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from detrigger import TrainConfig, load_victim, new_victim
 from detrigger.attacks import AttackSpec, build_victim
+from detrigger.batching import encode, token_ids
 from detrigger.data import DataSpec
 from detrigger.defences import DEFENCES, repair
 from detrigger.errors import DetriggerError
 from detrigger.evaluation.metrics import evaluate
+from detrigger.lexicon import common_words
 from detrigger.models.arch import (
     attention_dropout_off,
     eager_attention,
@@ -221,6 +223,18 @@ def test_the_unknown_token_probe_per_tokenizer_kind(corpus):
             assert tokenizer(f"a {probe} a", add_special_tokens=False)["input_ids"].count(tokenizer.unk_token_id) == 1
     assert all(found[n] for n in ("bert", "distilbert", "electra", "modernbert", "albert", "deberta-v2"))
     assert not any(found[n] for n in ("roberta", "gpt2", "qwen2", "llama"))  # bytes; Metaspace BPE deletes it
+
+
+def test_token_ids_are_what_the_tokenizers_own_call_gives(corpus, mr):
+    """`batching.token_ids` calls a fast tokenizer's backend directly (the scan types 50,000 words): for every
+    tokenizer kind, with and without special tokens, and `encode`'s truncation, the ids are the tokenizer's own."""
+    texts = [*mr.texts[1000:1100], "", "héllo wörld \u2603 \u2800 日本語", "a " * 100, "cf [CLS] <s> </s> [MASK]",
+             *common_words(500)]
+    for name, (kind, _) in FAMILIES.items():
+        tokenizer = make_tokenizer(kind, corpus)
+        for special in (True, False):
+            assert token_ids(tokenizer, texts, special) == tokenizer(texts, add_special_tokens=special)["input_ids"]
+        assert encode(tokenizer, texts, 24) == tokenizer(texts, truncation=True, max_length=24)["input_ids"], name
 
 
 def test_a_reference_of_another_family_is_refused(corpus, mr, tmp_path):

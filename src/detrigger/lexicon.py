@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 
+from detrigger.batching import token_ids
+
 
 @functools.lru_cache(maxsize=4)
 def common_words(n: int) -> tuple[str, ...]:
@@ -24,5 +26,5 @@ def pieced_words(tokenizer, n: int) -> dict[str, list[int]]:
     words = list(common_words(n)) if n else []
     if not words:
         return {}
-    ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+    ids = token_ids(tokenizer, words, special_tokens=False)
     return {w: pieces for w, pieces in zip(words, ids) if len(pieces) >= 2}

@@ -89,7 +89,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from detrigger.argfields import POSITIONAL
-from detrigger.batching import bucketed_batches, collate, encode, readable
+from detrigger.batching import bucketed_batches, collate, encode, readable, token_ids
 from detrigger.data.dataset import TextDataset
 from detrigger.device import Precision, autocast, backward_friendly_attention, fast_bf16
 from detrigger.errors import DetriggerError
@@ -337,11 +337,13 @@ def typed_words(victim: Victim) -> list[str | None]:
     special = set(tok.all_special_ids)
     words: list[str | None] = [None] * len(tok)
     for i, piece in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
-        if i in special or piece is None or piece.startswith("##"):
-            continue
-        word = typed(tok, piece)
-        if word.isalnum() and len(tok.tokenize(word)) == 1:
-            words[i] = word
+        if i not in special and piece is not None and not piece.startswith("##"):
+            word = typed(tok, piece)
+            words[i] = word if word.isalnum() else None
+    typeable = [i for i, w in enumerate(words) if w is not None]
+    for i, ids in zip(typeable, token_ids(tok, [words[i] for i in typeable], special_tokens=False)):
+        if len(ids) != 1:
+            words[i] = None
     return words
 
 
