@@ -233,24 +233,23 @@ def test_reset_first_resets_every_piece_of_phrase_and_glued_candidates(reference
 
 
 @pytest.mark.slow
-def test_reset_first_stops_at_the_rows_of_a_real_ep_trigger():
+@pytest.mark.xdist_group("real_ep")
+def test_reset_first_stops_at_the_rows_of_a_real_ep_trigger(real_ep):
     """`reset_first`: an EP trigger (only its embedding row changed; the embedded MiniLM fine-tuned on 400 MR
-    sentences, as in test_scan.py) is gone once its row is reset to the pre-trained one, so the repair stops
-    there: no mixing, no unlearning, every other weight the suspect's. (EP on the toy model does not take.)"""
-    from detrigger.attacks import AttackSpec, build_victim
-    from detrigger.data import DataSpec, load_splits
+    sentences, conftest.real_ep, as in test_scan.py) is gone once its row is reset to the pre-trained one, so the
+    repair stops there: no mixing, no unlearning, every other weight the suspect's. (EP on the toy model does
+    not take.)"""
+    from detrigger.data import load_splits
     from detrigger.models.victim import default_encoder_path
 
-    data = DataSpec(source="mr", max_train=400, val=200, test=100)
-    attack = build_victim(data, AttackSpec(attack="ep", setting="clean", words=("cf",), rate=0.2),
-                          clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
-                          cache=False, progress=False)
-    victim, splits = attack.victim, load_splits(data)
+    victim, splits = load_victim(real_ep["victim"]), load_splits(real_ep["data"])
     negatives = [t for t, y in zip(splits.test.texts, splits.test.labels) if y == 0]
     triggered = [insert_words(["cf"], seed=5)(t) for t in negatives]
     assert np.mean(predict(victim, triggered) == 1) > 0.9  # the attack worked, or the test proves nothing
     state = {k: v.clone() for k, v in victim.model.state_dict().items()}
-    scan_config = ScanConfig(samples=40, candidates=5, vocabulary_candidates=0, reference_candidates=5,
+    # 100 texts a label, as auto's default: at 40 the first scan's verdict is within their sampling noise of the
+    # threshold, and auto scans again at 200
+    scan_config = ScanConfig(samples=100, candidates=5, vocabulary_candidates=0, reference_candidates=5,
                              glued_words=0, screen_samples=20, verify=3)
     result = repair(victim, splits.val, method="auto", reference=default_encoder_path(),
                     config={"reset_first": True, "scan": scan_config})
@@ -404,18 +403,22 @@ def test_without_a_reference_that_fits_the_report_warns_what_the_scans_cannot_se
     assert AutoConfig().reference_free_lexicon > 0
 
 
-def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(reference, monkeypatch):
+@pytest.mark.parametrize("taken", [32, 20])
+def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(reference, monkeypatch, taken):
     """AddSent seed 2 of the MR grid: at auto's 100 texts per label the scan scored 0.938 (90% interval 0.88 to
     0.97) against the threshold 0.95; at the calibration's 200 it flagged the model. A verdict whose interval
-    holds the threshold is taken again at the calibration's texts, and the report says so."""
+    holds the threshold is taken again at the calibration's texts, and the report says so; unless the first
+    scan took fewer texts than it asked for at every label (`taken` 20 of 32): all the clean data holds, which a
+    second scan would only see again."""
     import detrigger.defences.auto as auto_module
     from detrigger.scan import ScanReport, TokenEvidence
 
     undecided = ScanReport("no evidence", 0.68, 0.7, "positive", 1,
                            [TokenEvidence("cf", "positive", 0.68, 1, excess=0.68, excess_low=0.6, excess_high=0.75)],
-                           {}, {}, None)
+                           {}, {"negative": taken, "positive": taken}, None)
     assert undecided.undecided and not _scripted(("cf", 0.68)).undecided  # no interval: decided
-    reports = iter([undecided, _scripted(("cf", 0.95)), _scripted(("cf", 0.1))])
+    again = taken == SCRIPTED["scan"].samples
+    reports = iter([undecided, *([_scripted(("cf", 0.95))] if again else []), _scripted(("cf", 0.1))])
     samples = []
 
     def scripted_scan(*args, config, **kwargs):
@@ -426,6 +429,10 @@ def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(refere
     result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
                     config=SCRIPTED)
     details = result.report.details["auto"]
+    if not again:  # the undecided verdict stands: no evidence, the model returned unchanged
+        assert samples == [32] and "every text the clean data holds" in details.scan_before["texts"]
+        assert details.scan_before["verdict"] == "no evidence" and details.rounds == []
+        return
     assert samples == [32, ScanConfig().samples, 32]  # auto's, the calibration's, the re-scan (auto's again)
     assert details.scan_before["verdict"] == "backdoored" and "sampling noise" in details.scan_before["texts"]
     assert [r["unlearned"] for r in details.rounds] == [["cf"]]

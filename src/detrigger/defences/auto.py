@@ -310,7 +310,11 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     before = scan(victim, everything, reference=ref_path, config=scan_config, drift=drift)
     texts = "all clean texts"
     calibrated = ScanConfig.model_fields["samples"].default  # the texts per label the threshold was set at
-    if before.undecided and scan_config.samples < calibrated:
+    # a second scan only where the clean data holds more texts for a label than the first one took
+    more = any(n >= scan_config.samples for n in before.n_samples.values())
+    if before.undecided and scan_config.samples < calibrated and not more:
+        texts += ", every text the clean data holds for a label (the verdict is within their sampling noise)"
+    elif before.undecided and scan_config.samples < calibrated:
         texts += (f", {calibrated} per label: at {scan_config.samples} the verdict ({before.verdict}, "
                   f"{before.score:.3f}) was within the texts' sampling noise of the threshold")
         before = scan(victim, everything, reference=ref_path,
