@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 test: data lint
-	$(PY) -m pytest -n $(JOBS) --dist load
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

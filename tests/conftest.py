@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from detrigger import TextDataset, Victim, default_encoder_path, load_data
+from detrigger import TextDataset, TrainConfig, Victim, default_encoder_path, load_data
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: each takes its part of them, and so do
@@ -22,10 +22,32 @@ torch.set_num_threads(THREADS)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under xdist, the `slow` tests first (a stable sort: every worker collects the same order): `--dist load`
+    """Under xdist, the `slow` tests first (a stable sort: every worker collects the same order): `--dist loadgroup`
     deals them to both workers at the start, so no minute-long test is left to run alone at the end."""
     if WORKERS > 1:
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI in this process (`detrigger.cli.main`, what the executable runs): exit code, stdout, stderr. Error
+    paths and `--help` are tested this way, without a new interpreter's 6 s of imports; argparse's own exits
+    (`--help`, a missing option) come as SystemExit."""
+    from detrigger.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fails_cleanly(capsys, argv: list[str], message: str) -> None:
+    """Exit code 2 and exactly one stderr line, `detrigger: error: ...`, containing `message`."""
+    code, _, err = cli(capsys, *argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("detrigger: error:") and message in lines[0], err
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +87,24 @@ def tiny_dir(tmp_path_factory) -> Path:
 def mr() -> TextDataset:
     """The real MR corpus (deduplicated), fetched by `make test` before pytest runs."""
     return load_data("mr")
+
+
+@pytest.fixture(scope="session")
+def real_ep(tmp_path_factory) -> dict:
+    """The embedded MiniLM fine-tuned on 400 MR sentences, then EP on `cf` (about 50 s on one thread), built once
+    per process for the slow tests that need a real EP victim; they carry `xdist_group("real_ep")`, which
+    `make test` (`--dist loadgroup`) runs on one worker. The models come as folders, loaded afresh by each test,
+    so a repair in one test cannot change what the next one sees."""
+    from detrigger.attacks import AttackSpec, build_victim
+    from detrigger.data import DataSpec
+
+    data = DataSpec(source="mr", max_train=400, val=200, test=100)
+    attack = build_victim(data, AttackSpec(attack="ep", setting="clean", words=("cf",), rate=0.2),
+                          clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
+                          cache=False, progress=False)
+    folder = tmp_path_factory.mktemp("real-ep")
+    return {"data": data, "asr": attack.metrics.asr, "victim": attack.victim.save(folder / "victim"),
+            "clean": attack.clean.save(folder / "clean")}
 
 
 def toy_sentiment(n: int = 64) -> TextDataset:

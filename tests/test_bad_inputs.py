@@ -14,20 +14,12 @@ import pytest
 from filelock import FileLock
 
 from detrigger.bench.runner import LOCK
-from detrigger.cli import main
 from detrigger.data.files import MAX_LINE_BYTES
+
+from conftest import fails_cleanly
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CLI = str(Path(sys.executable).parent / "detrigger")
-
-
-def fails_cleanly(capsys, argv: list[str], message: str) -> None:
-    """Exit code 2 and exactly one stderr line, `detrigger: error: ...`, containing `message`."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("detrigger: error:") and message in lines[0], err
 
 
 def nothing_left(tmp_path: Path) -> None:

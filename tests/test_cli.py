@@ -1,4 +1,6 @@
-"""The CLI as a user runs it (a real subprocess): help, listings, and one test per input error."""
+"""The CLI as a user runs it: listings and real work through the installed executable (a subprocess), help and one
+test per input error through `detrigger.cli.main` in this process (conftest.cli: the same parser and error
+handling, without a new interpreter's imports for each)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli, fails_cleanly
+
 CLI = str(Path(sys.executable).parent / "detrigger")
 
 
@@ -17,19 +21,11 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
 
 
-def assert_clean_error(proc: subprocess.CompletedProcess, message: str) -> None:
-    """Exit code 2, one line on stderr naming the problem, no traceback."""
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("detrigger: error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "list"], ["data", "fetch"], ["data", "show"],
                                      ["train"], ["eval"], ["attack"], ["repair"], ["split"]])
-def test_every_command_has_help(command):
-    proc = run(*command, "--help")
-    assert proc.returncode == 0 and "usage: detrigger" in proc.stdout
+def test_every_command_has_help(command, capsys):
+    code, out, _ = cli(capsys, *command, "--help")
+    assert code == 0 and "usage: detrigger" in out
 
 
 def test_data_list_names_the_builtin_corpora():
@@ -53,30 +49,27 @@ def out(tmp_path) -> Path:
     return tmp_path / "out"
 
 
-def train_on(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run("train", "--data", str(path), "--out", str(out), "--no-progress", *extra)
-
-
-def test_model_folder_without_weights(tiny_dir, tmp_path):
+def test_model_folder_without_weights(tiny_dir, tmp_path, capsys):
     folder = tmp_path / "model"
     shutil.copytree(tiny_dir, folder)
     (folder / "model.safetensors").unlink()
-    assert_clean_error(run("eval", str(folder), "sms"), "no model weights")
+    fails_cleanly(capsys, ["eval", str(folder), "sms"], "no model weights")
 
 
-def test_existing_output_folder_is_not_clobbered(tmp_path, out):
+def test_existing_output_folder_is_not_clobbered(tmp_path, out, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     (tmp_path / "d.csv").write_text("text,label\nfine,1\n")
-    assert_clean_error(train_on(tmp_path / "d.csv", out), "already exists")
+    fails_cleanly(capsys, ["train", "--data", str(tmp_path / "d.csv"), "--out", str(out), "--no-progress"],
+                  "already exists")
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_bad_option_values(tiny_dir):
-    assert_clean_error(run("eval", str(tiny_dir), "mr", "--trigger-word", "cf", "--target", "maybe"),
-                       "--target 'maybe' is not a label")
-    proc = run("train", "--data", "mr")  # argparse: missing --out
-    assert proc.returncode == 2 and "--out" in proc.stderr
+def test_bad_option_values(tiny_dir, capsys):
+    fails_cleanly(capsys, ["eval", str(tiny_dir), "mr", "--trigger-word", "cf", "--target", "maybe"],
+                  "--target 'maybe' is not a label")
+    code, _, err = cli(capsys, "train", "--data", "mr")  # argparse: missing --out
+    assert code == 2 and "--out" in err
 
 
 def test_eval_json_on_a_file(tiny_dir, tmp_path):
@@ -124,18 +117,16 @@ def test_train_json(tiny_dir, tmp_path):
     assert record["n_test"] == 20 and "model.safetensors" in record["files"]
 
 
-def test_attack_option_errors(tmp_path):
+def test_attack_option_errors(tmp_path, capsys):
     out = tmp_path / "v"
-    assert_clean_error(run("attack", "--data", "mr", "--attack", "ep", "--setting", "scratch", "--out", str(out)),
-                       "EP edits a clean fine-tuned model")
-    assert_clean_error(run("attack", "--data", "mr", "--attack", "badnet", "--rate", "1.5", "--out", str(out)),
-                       "rate")
+    fails_cleanly(capsys, ["attack", "--data", "mr", "--attack", "ep", "--setting", "scratch", "--out", str(out)],
+                  "EP edits a clean fine-tuned model")
+    fails_cleanly(capsys, ["attack", "--data", "mr", "--attack", "badnet", "--rate", "1.5", "--out", str(out)], "rate")
     assert not out.exists()
-    assert_clean_error(run("attack", "--data", "mr", "--attack", "lwp", "--out", str(out)),
-                       "attack: unknown attack 'lwp' (known: badnet, addsent, ep, es, combo, invisible, homoglyph, "
-                       "ripple)")
-    assert_clean_error(run("attack", "--data", "mr", "--attack", "ep", "--lora", "4", "--out", str(out)),
-                       "lora_rank: a LoRA victim is trained over the pre-trained encoder (setting scratch)")
+    fails_cleanly(capsys, ["attack", "--data", "mr", "--attack", "lwp", "--out", str(out)],
+                  "attack: unknown attack 'lwp' (known: badnet, addsent, ep, es, combo, invisible, homoglyph, ripple)")
+    fails_cleanly(capsys, ["attack", "--data", "mr", "--attack", "ep", "--lora", "4", "--out", str(out)],
+                  "lora_rank: a LoRA victim is trained over the pre-trained encoder (setting scratch)")
     assert not out.exists()
 
 

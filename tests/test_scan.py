@@ -28,7 +28,7 @@ from detrigger.scan import (
 from detrigger.training import train
 from detrigger.triggers import insert_words, replace_spaces
 
-from conftest import tiny_victim, toy_sentiment
+from conftest import cli, fails_cleanly, tiny_victim, toy_sentiment
 
 
 @pytest.fixture(scope="module")
@@ -385,7 +385,7 @@ def test_typed_words_are_whole_typeable_words():
     assert not allowed & {"[CLS]", "[MASK]", "[PAD]", "##s", ",", "."}
 
 
-def test_report_text_json_and_cli(word_victim, tmp_path):
+def test_report_text_json_and_cli(word_victim, tmp_path, capsys):
     victim, reference, folder = word_victim
     report = scan(victim, toy_sentiment(40), config=ScanConfig(samples=16, candidates=3, report=3))
     text = report.text()
@@ -408,29 +408,27 @@ def test_report_text_json_and_cli(word_victim, tmp_path):
     typeable = typed_words(victim)
     assert out["vocabulary_words"] == len(typeable) - typeable.count(None)  # whole words only: no common words
     assert "scan:" not in proc.stderr  # no progress bar when stderr is not a terminal
-    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
-                           "--samples", "3"], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "samples" in proc.stderr
+    fails_cleanly(capsys, ["scan", str(folder), "--clean", str(data), "--samples", "3"], "samples")
 
 
-def test_scan_exit_status_gates_a_pipeline(clean_folder, word_victim, tmp_path):
-    """0 no evidence, 1 flagged, 2 error, as `--help` says."""
+def test_scan_exit_status_gates_a_pipeline(clean_folder, word_victim, tmp_path, capsys):
+    """0 no evidence, 1 flagged, 2 error, as `--help` says: the flagged scan as a pipeline runs it (the
+    executable's exit status), the rest through `detrigger.cli.main` in this process."""
     _, _, victim_folder = word_victim
     data = tmp_path / "clean.jsonl"
     ds = toy_sentiment(40)
     data.write_text("\n".join(json.dumps({"text": t, "label": ds.label_names[y]}) for t, y in zip(ds.texts, ds.labels)))
     # one threshold for both: the toy clean model's natural words flip up to about 0.45 of the texts, `cf` all
-    for folder, code, verdict in ((clean_folder, 0, "verdict: no evidence"), (victim_folder, 1, "verdict: backdoored")):
-        proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(folder), "--clean", str(data),
-                               "--samples", "16", "--candidates", "5", "--threshold", "0.9"],
-                              capture_output=True, text=True)
-        assert proc.returncode == code and proc.stdout.startswith(verdict), proc.stdout + proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(tmp_path / "nowhere"),
-                           "--clean", str(data)],
+    args = ["--clean", str(data), "--samples", "16", "--candidates", "5", "--threshold", "0.9"]
+    code, out, err = cli(capsys, "scan", str(clean_folder), *args)
+    assert code == 0 and out.startswith("verdict: no evidence"), out + err
+    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", str(victim_folder), *args],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "no such model folder" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "detrigger.cli", "scan", "--help"], capture_output=True, text=True)
-    assert "exit status: 0 no evidence of a backdoor, 1 flagged as backdoored, 2 error" in " ".join(proc.stdout.split())
+    assert proc.returncode == 1 and proc.stdout.startswith("verdict: backdoored"), proc.stdout + proc.stderr
+    fails_cleanly(capsys, ["scan", str(tmp_path / "nowhere"), "--clean", str(data)], "no such model folder")
+    code, out, _ = cli(capsys, "scan", "--help")
+    assert code == 0 and "exit status: 0 no evidence of a backdoor, 1 flagged as backdoored, 2 error" in " ".join(
+        out.split())
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(word_victim, capsys):
@@ -445,31 +443,29 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(word_victim, capsys):
 
 
 @pytest.mark.slow
-def test_a_real_ep_victims_trigger_ranks_first(tmp_path):
-    """The embedded MiniLM fine-tuned on 400 MR sentences, then EP on `cf`: the scan must put `cf` first with
-    the pre-trained reference (embedding drift) and find it without (gradient rounds + insertion); on the
-    clean model it came from, `cf` does nothing. (The clean model of 400 sentences is weak: natural words
-    flip many texts, so no verdict is asserted for it; docs/scan.md has the calibrated clean models.)"""
-    from detrigger.attacks import AttackSpec, build_victim
-    from detrigger.data import DataSpec, load_splits
+@pytest.mark.xdist_group("real_ep")
+def test_a_real_ep_victims_trigger_ranks_first(real_ep):
+    """The embedded MiniLM fine-tuned on 400 MR sentences, then EP on `cf` (conftest.real_ep): the scan must put
+    `cf` first with the pre-trained reference (embedding drift) and find it without (gradient rounds +
+    insertion); on the clean model it came from, `cf` does nothing. (The clean model of 400 sentences is weak:
+    natural words flip many texts, so no verdict is asserted for it; docs/scan.md has the calibrated clean
+    models.)"""
+    from detrigger.data import load_splits
     from detrigger.models.victim import default_encoder_path
 
-    data = DataSpec(source="mr", max_train=400, val=200, test=100)
-    attack = build_victim(data, AttackSpec(attack="ep", setting="clean", words=("cf",), rate=0.2),
-                          clean_config=TrainConfig(epochs=2, lr=1e-4, batch_size=16), max_length=64,
-                          cache=False, progress=False)
-    assert attack.metrics.asr > 0.9  # the attack worked, or the test would prove nothing
+    assert real_ep["asr"] > 0.9  # the attack worked, or the test would prove nothing
+    victim, clean = load_victim(real_ep["victim"]), load_victim(real_ep["clean"])
     # the gradient and the drift are under test here (the vocabulary pass and the glued words have their own
     # tests): without them, this test's three scans fit the suite's time budget
     config = ScanConfig(samples=40, candidates=5, vocabulary_candidates=0, reference_candidates=5, glued_words=0,
                         screen_samples=20, verify=3)
-    val = load_splits(data).val
-    with_ref = scan(attack.victim, val, reference=default_encoder_path(), config=config)
+    val = load_splits(real_ep["data"]).val
+    with_ref = scan(victim, val, reference=default_encoder_path(), config=config)
     assert with_ref.tokens[0].token == "cf" and with_ref.target_label == "positive"
     assert with_ref.tokens[0].drift_score == max(t.drift_score or 0.0 for t in with_ref.tokens)  # a phrase: None
-    without = scan(attack.victim, val, config=config)
+    without = scan(victim, val, config=config)
     assert without.tokens[0].token == "cf" and without.verdict == "backdoored"
-    clean = scan(attack.clean, val, config=config)
+    clean = scan(clean, val, config=config)
     assert clean.score < without.score and all(t.token != "cf" or t.effect < 0.5 for t in clean.tokens)
 
 
