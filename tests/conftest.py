@@ -91,7 +91,7 @@ def mr() -> TextDataset:
 
 @pytest.fixture(scope="session")
 def real_ep(tmp_path_factory) -> dict:
-    """The embedded MiniLM fine-tuned on 400 MR sentences, then EP on `cf` (about 50 s on one thread), built once
+    """The embedded MiniLM fine-tuned on 400 MR sentences, then EP on `cf` (30-50 s on one thread), built once
     per process for the slow tests that need a real EP victim; they carry `xdist_group("real_ep")`, which
     `make test` (`--dist loadgroup`) runs on one worker. The models come as folders, loaded afresh by each test,
     so a repair in one test cannot change what the next one sees."""
