@@ -73,11 +73,10 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Gen
 
 
 def collate(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence in the batch; returns `input_ids` and `attention_mask`."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, x in enumerate(ids):
-        input_ids[row, :len(x)] = torch.as_tensor(x)
-        mask[row, :len(x)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    """Pad to the longest sequence in the batch; returns `input_ids` and `attention_mask`. Filled through one
+    mask, not row by row (the scan's vocabulary pass makes batches of 512 sequences of a few tokens)."""
+    lengths = torch.tensor([len(x) for x in ids])
+    mask = torch.arange(int(lengths.max())) < lengths[:, None]
+    input_ids = torch.full(mask.shape, pad_id, dtype=torch.long)
+    input_ids[mask] = torch.tensor([i for x in ids for i in x], dtype=torch.long)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.long().to(device)}
