@@ -20,13 +20,16 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from detrigger.errors import DetriggerError
+
+if TYPE_CHECKING:  # importing it loads transformers' modelling machinery: 4 s that `detrigger CMD --help` need not pay
+    from transformers import PreTrainedModel
 
 # A block's FFN down projection (intermediate -> hidden), by the families that name it so.
 FFN_DOWN = (
