@@ -1,6 +1,6 @@
 """Wall seconds of `detrigger COMMAND --help` in a fresh process, best of N: what a user waits for before the
 first line of help (issue 21). Every command's options are made from config models that import torch, so torch's
-own import is the floor; printed beside the commands as `python -c "import torch"`.
+own import is the floor; it is printed first (`python -c import torch`).
 
     .venv/bin/python benchmarks/startup.py                 # scan, repair, train, attack, eval; best of 3
     .venv/bin/python benchmarks/startup.py --repeats 5 bench filter

@@ -30,7 +30,8 @@ def test_every_command_has_help(command, capsys):
 
 def test_help_does_not_load_the_modelling_code():
     """`detrigger COMMAND --help` builds every option from the config models, which need torch but not
-    transformers' modelling machinery (about 4 s of imports, half of what `--help` took): a fresh interpreter."""
+    transformers' modelling machinery (about 3 s of imports on idle cores, half of what `--help` took): a fresh
+    interpreter."""
     code = ("import sys\nfrom detrigger.cli import main\n"
             "for c in ('scan', 'repair', 'train', 'attack', 'eval', 'filter', 'bench', 'split', 'report'):\n"
             "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"

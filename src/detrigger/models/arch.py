@@ -28,7 +28,7 @@ from transformers.pytorch_utils import Conv1D
 
 from detrigger.errors import DetriggerError
 
-if TYPE_CHECKING:  # importing it loads transformers' modelling machinery: 4 s that `detrigger CMD --help` need not pay
+if TYPE_CHECKING:  # its import loads transformers' modelling code: ~3 s that `detrigger CMD --help` need not pay
     from transformers import PreTrainedModel
 
 # A block's FFN down projection (intermediate -> hidden), by the families that name it so.
