@@ -1,10 +1,12 @@
 """Length-bucketed batching with dynamic padding."""
 
+import logging
+
 import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from detrigger.batching import bucketed_batches, collate, readable
+from detrigger.batching import bucketed_batches, collate, encode, readable
 from detrigger.models.victim import default_encoder_path
 from detrigger.triggers import insert_words
 
@@ -47,3 +49,21 @@ def test_readable_cuts_long_texts_to_what_the_model_reads_and_leaves_short_ones(
 
     assert all(seen(cut_long, seed) for seed in range(10))
     assert sum(seen(long, seed) for seed in range(10)) <= 2
+
+
+def test_encoding_long_texts_again_logs_no_length_warning():
+    """A truncating call leaves the fast tokenizer's backend set to truncate, so the next `encode` takes the
+    tokenizer's own call, which warned "Token indices sequence length is longer..." on every BBC scan."""
+    tok = AutoTokenizer.from_pretrained(default_encoder_path())
+    long = " ".join(f"word{i}" for i in range(300))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # transformers' logger does not propagate to pytest's capture
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        first, again = encode(tok, [long, "short"], 64), encode(tok, [long, "short"], 64)
+    finally:
+        logger.removeHandler(handler)
+    assert first == again and len(first[0]) == 64 and first[1] == tok("short")["input_ids"]
+    assert not [r for r in records if "longer than the specified maximum" in r.getMessage()]
