@@ -52,8 +52,9 @@ def test_readable_cuts_long_texts_to_what_the_model_reads_and_leaves_short_ones(
 
 
 def test_encoding_long_texts_again_logs_no_length_warning():
-    """A truncating call leaves the fast tokenizer's backend set to truncate, so the next `encode` takes the
-    tokenizer's own call, which warned "Token indices sequence length is longer..." on every BBC scan."""
+    """A fast tokenizer's backend set to truncate (by its tokenizer.json, as MiniLM's is, or by a truncating call)
+    sends `encode` through the tokenizer's own call, which warned "Token indices sequence length is longer..." on
+    every BBC scan."""
     tok = AutoTokenizer.from_pretrained(default_encoder_path())
     long = " ".join(f"word{i}" for i in range(300))
     records: list[logging.LogRecord] = []

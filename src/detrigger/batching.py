@@ -16,7 +16,7 @@ def token_ids(tokenizer: transformers.PreTrainedTokenizerBase, texts: Sequence[s
     encoding into Python dicts first: 6x faster on the scan's 50,000 common words (1.6 s against 0.26 s).
     Texts longer than the model are expected here (callers truncate), so transformers is told not to warn."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.truncation or backend.padding:  # e.g. after a truncating call left it set
+    if backend is None or backend.truncation or backend.padding:  # set by tokenizer.json or a truncating call
         return tokenizer(list(texts), add_special_tokens=special_tokens, verbose=False)["input_ids"]
     return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=special_tokens)]
 
