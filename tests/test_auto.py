@@ -403,13 +403,14 @@ def test_without_a_reference_that_fits_the_report_warns_what_the_scans_cannot_se
     assert AutoConfig().reference_free_lexicon > 0
 
 
-@pytest.mark.parametrize("taken", [32, 20])
-def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(reference, monkeypatch, taken):
+@pytest.mark.parametrize(("taken", "policy"), [(32, "repair"), (20, "repair"), (20, "unchanged")])
+def test_an_undecided_first_scan_is_taken_again_then_repaired_as_flagged(reference, monkeypatch, taken, policy):
     """AddSent seed 2 of the MR grid: at auto's 100 texts per label the scan scored 0.938 (90% interval 0.88 to
     0.97) against the threshold 0.95; at the calibration's 200 it flagged the model. A verdict whose interval
     holds the threshold is taken again at the calibration's texts, and the report says so; unless the first
     scan took fewer texts than it asked for at every label (`taken` 20 of 32): all the clean data holds, which a
-    second scan would only see again."""
+    second scan would only see again. A verdict still undecided there is repaired as flagged (SMS AddSent seed 1:
+    71 of 77 texts), or, with `undecided: unchanged`, left as no evidence."""
     import detrigger.defences.auto as auto_module
     from detrigger.scan import ScanReport, TokenEvidence
 
@@ -427,11 +428,16 @@ def test_an_undecided_first_scan_is_taken_again_at_the_calibrations_texts(refere
 
     monkeypatch.setattr(auto_module, "scan", scripted_scan)
     result = repair(_model(reference, rate=0.0), toy_sentiment(160), method="auto", reference=reference,
-                    config=SCRIPTED)
+                    config={**SCRIPTED, "min_excess": 0.6, "undecided": policy})
     details = result.report.details["auto"]
-    if not again:  # the undecided verdict stands: no evidence, the model returned unchanged
-        assert samples == [32] and "every text the clean data holds" in details.scan_before["texts"]
-        assert details.scan_before["verdict"] == "no evidence" and details.rounds == []
+    if not again:  # undecided at every text the clean data holds
+        assert "every text the clean data holds" in details.scan_before["texts"] and details.scan_before["undecided"]
+        assert details.scan_before["verdict"] == "no evidence"
+        if policy == "unchanged":
+            assert samples == [32] and details.rounds == [] and details.decision == "no evidence: model unchanged"
+            return
+        assert samples == [32, 32] and details.decision.startswith("undecided (0.680")  # the re-scan: auto's texts
+        assert [r["unlearned"] for r in details.rounds] == [["cf"]]
         return
     assert samples == [32, ScanConfig().samples, 32]  # auto's, the calibration's, the re-scan (auto's again)
     assert details.scan_before["verdict"] == "backdoored" and "sampling noise" in details.scan_before["texts"]

@@ -10,7 +10,9 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
    `drifted_lexicon`: a multi-piece trigger's pieces drift together). Without one, the scan types all the common
    English words that the tokenizer cuts into pieces (`reference_free_lexicon`): with no drift to pick them,
    that is how a word trigger that is no single token is found. No evidence: the model is returned unchanged (a
-   repair that cannot be aimed only costs accuracy).
+   repair that cannot be aimed only costs accuracy). A verdict still undecided at every text the clean data holds
+   (or at the calibration's) is repaired as flagged (`undecided`): more texts could flag it, and the user asked
+   for a repair (SMS AddSent seed 1: its phrase flipped 71 of 77 texts, 90% interval 0.856-0.959 around 0.95).
 2. Candidates are evidence, not truth. A scanned token is unlearned only if its excess flip rate (the
    share of texts that ordinary words of the clean texts leave unflipped which it flips) reaches
    `min_excess` (0.80, below the scan's flagging threshold: it applies to a flagged model only) and it is
@@ -134,6 +136,15 @@ class AutoConfig(DefenceConfig):
                                         "first scan types the common English words of this many most frequent that "
                                         "the tokenizer cuts into pieces (the scan's `lexicon_words`; 0: none)",
                                         json_schema_extra={"neutral": 50000})
+    # A verdict whose 90% interval still holds the threshold once every clean text (or the calibration's 200 a
+    # label) is scanned cannot be settled by the user's data. No clean model of the scan's tables is undecided at
+    # 100+ texts (the closest, MR 400 sentences 5 epochs seed 2: 0.913, interval 0.87-0.94), so repairing these
+    # costs clean models nothing measured. Neutral at its default: of 297 recorded `auto` cells two scanned
+    # undecided, and both were run again with it (docs/defences.md, "Undecided verdicts").
+    undecided: Literal["repair", "unchanged"] = Field(
+        "repair", description="a verdict within the sampling noise of the threshold at all the texts the scan can "
+        "take: repair as if flagged, or return the model unchanged as for no evidence",
+        json_schema_extra={"neutral": "repair"})
 
 
 class AutoDetails(StepDetails):
@@ -161,7 +172,8 @@ def _summary(report: ScanReport, texts: str) -> dict[str, Any]:
     """The scan facts a report or model card shows."""
     return {"verdict": report.verdict, "score": report.score, "threshold": report.threshold,
             "target_label": report.target_label, "texts": texts, "n_samples": report.n_samples,
-            "reference": report.reference, "seconds": report.seconds, "stage_seconds": report.stage_seconds,
+            "undecided": report.undecided, "reference": report.reference, "seconds": report.seconds,
+            "stage_seconds": report.stage_seconds,
             "null_rate": {label: null.rate for label, null in report.null.items()},
             "tokens": [{"token": t.token, "read_as": t.read_as, "label": t.label, "effect": t.effect,
                         "excess": t.excess, "task_word": t.task_word, "texts": t.texts,
@@ -338,7 +350,8 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
         known = list(dict.fromkeys([t.token for t in before.tokens] + list(candidates)))
         return scan(victim, val, reference=ref_path, config=rescan_config, drift=drift, known=known)
 
-    rounds = config.max_rounds if before.verdict == "backdoored" else 0  # no evidence: the model stays as it is
+    flagged = before.verdict == "backdoored" or (before.undecided and config.undecided == "repair")
+    rounds = config.max_rounds if flagged else 0  # no evidence: the model stays as it is
     for round_no in range(1, rounds + 1):
         new = {}
         for t in report.tokens:
@@ -411,12 +424,16 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
                    val_accuracy=accuracy_on(victim, val))
     mixing_note = f"Fine-mixed at rho {config.mix_rho}, " if "mixing" in details else ""
     reset_only = bool(details["rounds"]) and details["rounds"][0].get("ended", False)
-    details["decision"] = ("no evidence: model unchanged" if before.verdict != "backdoored" else
-                           f"reset the embedding rows of {len(details['rounds'][0]['reset_rows'])} tokens (no "
-                           f"unlearning); after: {details['scan_after']['verdict']}" if reset_only else
-                           "flagged, but no candidate passed the rules: model unchanged" if not candidates else
-                           f"{mixing_note}unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
-                           f"after: {details['scan_after']['verdict']}")
+    decision = ("no evidence: model unchanged" if not flagged else
+                f"reset the embedding rows of {len(details['rounds'][0]['reset_rows'])} tokens (no unlearning); "
+                f"after: {details['scan_after']['verdict']}" if reset_only else
+                "flagged, but no candidate passed the rules: model unchanged" if not candidates else
+                f"{mixing_note}unlearned {len(candidates)} tokens in {len(details['rounds'])} rounds; "
+                f"after: {details['scan_after']['verdict']}")
+    if flagged and before.verdict != "backdoored":
+        decision = (f"undecided ({before.score:.3f}, the threshold {before.threshold:.2f} within the texts' sampling "
+                    f"noise), taken as flagged: {decision.removeprefix('flagged, but ')}")
+    details["decision"] = decision
     if reference is None:
         details["warning"] = NO_REFERENCE
     return victim, AutoDetails(**details)
