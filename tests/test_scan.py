@@ -405,10 +405,24 @@ def test_report_text_json_and_cli(word_victim, tmp_path, capsys):
     assert proc.returncode == 1, proc.stderr  # flagged
     out = json.loads(proc.stdout)
     assert out["tokens"][0]["token"] == "cf" and out["verdict"] == "backdoored"
+    assert out["undecided"] is False  # the verdict's 90% interval does not hold the threshold
     typeable = typed_words(victim)
     assert out["vocabulary_words"] == len(typeable) - typeable.count(None)  # whole words only: no common words
     assert "scan:" not in proc.stderr  # no progress bar when stderr is not a terminal
     fails_cleanly(capsys, ["scan", str(folder), "--clean", str(data), "--samples", "3"], "samples")
+
+
+def test_the_json_report_says_whether_the_verdict_is_undecided():
+    """`--json` carries `undecided` (the best candidate's 90% interval holds the threshold), which `auto` repairs as
+    flagged: a pipeline reading the verdict alone would take it for no evidence."""
+    from detrigger.scan import ScanReport, TokenEvidence
+
+    def report(low: float, high: float) -> ScanReport:
+        top = TokenEvidence("cf", "positive", 0.92, 1, excess=0.92, excess_low=low, excess_high=high)
+        return ScanReport("no evidence", 0.92, 0.95, "positive", 1, [top], {}, {"negative": 77, "positive": 77}, None)
+
+    assert json.loads(json.dumps(report(0.856, 0.959).as_dict()))["undecided"] is True
+    assert report(0.86, 0.94).as_dict()["undecided"] is False
 
 
 def test_scan_exit_status_gates_a_pipeline(clean_folder, word_victim, tmp_path, capsys):

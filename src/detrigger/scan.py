@@ -252,7 +252,8 @@ class ScanReport:
     config: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report's fields, and whether the verdict is `undecided` (for a pipeline reading `--json`)."""
+        return {**asdict(self), "undecided": self.undecided}
 
     @property
     def best(self) -> TokenEvidence | None:
@@ -294,7 +295,8 @@ class ScanReport:
                                 "flips on many rare words)"))
             if self.undecided:
                 lines.append("  undecided at these texts: the interval holds the threshold; more clean texts "
-                             "(--clean, --samples) would settle the verdict")
+                             "(--clean, --samples) would settle the verdict, and `detrigger repair` treats it as "
+                             "flagged")
         lines += [f"most likely target label: {self.target_label} (id {self.target_id})",
                   "suspicious tokens (effect = share of other-label clean texts flipped to the label by inserting "
                   "the token):",
