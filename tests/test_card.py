@@ -48,7 +48,13 @@ def test_scans_before_and_after_from_a_steps_details():
     scan_after = {"verdict": "no evidence", "score": 0.31, "target_label": "negative", "tokens": []}
     card = render_card(record(method="auto", details={"auto": {"scan_before": scan_before, "scan_after": scan_after}}))
     assert "| before | backdoored | 1.000 | positive | cf (1.00), mn (0.98) |" in card
-    assert "| after | no evidence | 0.310 | negative | - |" in card
+    assert "| after | no evidence | 0.310 | negative | - |" in card and "Decision" not in card
+    # SMS AddSent seed 1: the first verdict was undecided, and auto repaired the model as flagged
+    undecided = {**scan_before, "verdict": "no evidence", "score": 0.922, "undecided": True}
+    decision = "undecided (0.922, ...), taken as flagged: Fine-mixed at rho 0.5, unlearned 1 tokens in 1 rounds"
+    card = render_card(record(method="auto", details={"auto": {"scan_before": undecided, "scan_after": scan_after,
+                                                               "decision": decision}}))
+    assert "| before | no evidence (undecided) | 0.922 | positive |" in card and f"Decision: {decision}.\n" in card
 
 
 def test_a_steps_warning_is_on_the_card():

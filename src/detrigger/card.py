@@ -92,9 +92,12 @@ def render_card(record: dict[str, Any]) -> str:
             if key in scans:
                 s = scans[key]
                 score = f"{s['score']:.3f}" if isinstance(s.get("score"), float) else "-"
-                lines.append(f"| {when} | {s.get('verdict', '-')} | {score} | {s.get('target_label', '-')} "
-                             f"| {_tokens(s)} |")
+                verdict = s.get("verdict", "-") + (" (undecided)" if s.get("undecided") else "")
+                lines.append(f"| {when} | {verdict} | {score} | {s.get('target_label', '-')} | {_tokens(s)} |")
         lines.append("")
+        decisions = [step["decision"] for step in record.get("details", {}).values()
+                     if isinstance(step, dict) and step.get("decision")]
+        lines += [f"Decision: {d}.\n" for d in decisions]
     for step in record.get("details", {}).values():
         if isinstance(step, dict) and step.get("warning"):
             lines += [f"**Warning: {step['warning']}.**", ""]
