@@ -137,10 +137,11 @@ class AutoConfig(DefenceConfig):
                                         "the tokenizer cuts into pieces (the scan's `lexicon_words`; 0: none)",
                                         json_schema_extra={"neutral": 50000})
     # A verdict whose 90% interval still holds the threshold once every clean text (or the calibration's 200 a
-    # label) is scanned cannot be settled by the user's data. No clean model of the scan's tables is undecided at
-    # 100+ texts (the closest, MR 400 sentences 5 epochs seed 2: 0.913, interval 0.87-0.94), so repairing these
-    # costs clean models nothing measured. Neutral at its default: of 297 recorded `auto` cells two scanned
-    # undecided, and both were run again with it (docs/defences.md, "Undecided verdicts").
+    # label) is scanned cannot be settled by the user's data. No clean model's scan in docs/scan.md is undecided
+    # (the closest, MR 400 sentences 5 epochs seed 2: 0.913 over up to 200 texts, interval 0.87-0.94), so repairing
+    # these costs clean models nothing measured. Neutral at its default: of 297 recorded `auto` cells three scanned
+    # undecided; two were run again with it, the third (of a spec entry removed since) deleted (docs/defences.md,
+    # "Undecided verdicts").
     undecided: Literal["repair", "unchanged"] = Field(
         "repair", description="a verdict within the sampling noise of the threshold at all the texts the scan can "
         "take: repair as if flagged, or return the model unchanged as for no evidence",
