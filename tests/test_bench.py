@@ -363,7 +363,7 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
                         reset_first=False, own_share=0, later_rounds="any")
     assert key_dump(before) == {**{k: v for k, v in before.model_dump(mode="json").items()
                                    if k not in ("reset_first", "own_share", "later_rounds", "rescan_vocabulary",
-                                                "reference_free_lexicon")},
+                                                "reference_free_lexicon", "undecided")},
                                 "scan": {k: v for k, v in before.scan.model_dump(mode="json").items()
                                          if k not in ("phrase_words", "combination_words", "verify_floor",
                                                       "lexicon_words", "drifted_lexicon")}}
@@ -374,6 +374,9 @@ def test_a_field_added_later_at_its_neutral_value_keeps_the_cell_keys_of_records
     # only the scans without a reference type the common words in auto, and every recorded cell had one
     assert "reference_free_lexicon" not in key_dump(default)
     assert key_dump(AutoConfig(reference_free_lexicon=0))["reference_free_lexicon"] == 0
+    # undecided verdicts repaired: the records with an undecided first scan were run again (docs/defences.md)
+    assert "undecided" not in key_dump(default)
+    assert key_dump(AutoConfig(undecided="unchanged"))["undecided"] == "unchanged"
     assert key_dump(AutoConfig(rescan_vocabulary=True))["rescan_vocabulary"] is True
     # today's defaults are not neutral: they key as set
     assert {k: key_dump(default)[k] for k in ("reset_first", "own_share", "later_rounds")} == {
