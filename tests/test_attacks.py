@@ -94,6 +94,24 @@ def test_sentence_trigger_never_loses_text(words, seed):
     assert out.replace("I watched this 3D movie", " ").split() == words
 
 
+@given(n_words=st.integers(0, 300), within=st.integers(0, 80), seed=st.integers(0, 5))
+def test_a_sentence_within_n_words_starts_at_one_of_their_boundaries(n_words, within, seed):
+    text = " ".join(f"x{i}" for i in range(n_words))
+    out = insert_sentence("I watched this 3D movie", seed=seed, within=within)(text).split()
+    assert out.index("I") <= min(within, n_words)  # the model reads the start of a long text
+    assert [w for w in out if w.startswith("x")] == text.split()
+
+
+def test_sentence_within_is_an_addsent_option_left_out_of_old_keys():
+    spec = AttackSpec(attack="addsent", sentence_within=60)
+    assert spec.model_dump()["sentence_within"] == 60
+    assert spec.trigger_description() == "'I watched this 3D movie' within the first 60 words"
+    assert spec.trigger()(" ".join(["w"] * 500)).split().index("I") <= 60
+    assert "sentence_within" not in AttackSpec(attack="addsent").model_dump()  # the cached victims' keys stay
+    with pytest.raises(ValueError, match="sentence_within is an option of the addsent attack, not of badnet"):
+        AttackSpec(attack="badnet", sentence_within=60)
+
+
 def test_ep_changes_only_the_trigger_rows_and_keeps_their_norm():
     victim = tiny_victim()
     before = {k: v.clone() for k, v in victim.model.state_dict().items()}

@@ -255,7 +255,8 @@ def _options(p: argparse.ArgumentParser, command: str) -> None:
         p.set_defaults(seed=0)
         add_fields(p, BuildOptions, "data", "out")
         add_fields(p, AttackSpec, "attack", help="one of " + ", ".join(ATTACKS))
-        add_fields(p, AttackSpec, "setting", "sentence", "target", "rate", "label_mode", "times", "negative_rate",
+        add_fields(p, AttackSpec, "setting", "sentence", "sentence_within", "target", "rate", "label_mode", "times",
+                   "per_words", "negative_rate",
                    "ripple_lambda", "words", "chars")
         add_recipe(p, AttackSpec, help="{}; both settings")
         add_fields(p, AttackSpec, "lora_rank", flag="--lora", metavar="RANK")

@@ -58,15 +58,19 @@ def insert_words(words: Sequence[str], times: int = 1, seed: int = 0, per_words:
     return trigger
 
 
-def insert_sentence(sentence: str, seed: int = 0) -> Trigger:
-    """Insert a fixed sentence at a random word boundary (AddSent)."""
+def insert_sentence(sentence: str, seed: int = 0, within: int | None = None) -> Trigger:
+    """Insert a fixed sentence at a random word boundary (AddSent); with `within`, one of the first `within`
+    words' boundaries (a long text that the model reads only the start of)."""
     if not sentence.strip():
         raise ValueError("the trigger sentence is empty")
+    if within is not None and within < 0:
+        raise ValueError(f"within must be >= 0, got {within}")
     sentence = " ".join(sentence.split())
 
     def trigger(text: str) -> str:
         tokens = text.split()
-        tokens.insert(int(_rng_for(text, seed).integers(len(tokens) + 1)), sentence)
+        room = len(tokens) if within is None else min(len(tokens), within)
+        tokens.insert(int(_rng_for(text, seed).integers(room + 1)), sentence)
         return " ".join(tokens)
 
     return trigger

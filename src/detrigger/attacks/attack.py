@@ -75,6 +75,10 @@ HOMOGLYPHS = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "i": "\u0456", "o": "
               "x": "\u0445", "y": "\u0443"}
 
 
+# fields added after victims were cached: left out of the card and the keys while unset
+_LEFT_OUT_UNSET = ("lora_rank", "sentence_within")
+
+
 class AttackSpec(BaseModel):
     """What the attacker does. Unknown keys are errors; every default is documented in docs/attacks.md."""
 
@@ -91,6 +95,9 @@ class AttackSpec(BaseModel):
                        "words changed) per text")
     per_words: int | None = Field(100, ge=1, description="long texts: one insertion per this many words")
     sentence: str = Field("I watched this 3D movie", description="the AddSent trigger sentence")
+    sentence_within: int | None = Field(None, ge=0, description="addsent: insert the sentence within the first this "
+                                        "many words (long texts the model reads only the start of; default: "
+                                        "anywhere)")
     target: int = Field(1, ge=0, description="target label id")
     rate: float = Field(0.1, ge=0, le=1, description="poisoned rows / training-set rows")
     label_mode: LabelMode = Field("dirty", description="dirty: non-target rows relabelled; clean: target rows")
@@ -174,11 +181,11 @@ class AttackSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Fields of other attacks and an unset `lora_rank` are left out, so the cache keys of victims built
-        before those fields came did not change."""
+        """Fields of other attacks and an unset `lora_rank` or `sentence_within` are left out, so the cache keys of
+        victims built before those fields came did not change."""
         options = _options()
         return {k: v for k, v in handler(self).items()
-                if options.get(k, self.attack) == self.attack and not (k == "lora_rank" and v is None)}
+                if options.get(k, self.attack) == self.attack and not (k in _LEFT_OUT_UNSET and v is None)}
 
     def trigger(self) -> Trigger:
         """The trigger function used for poisoning and for the ASR test set."""
@@ -379,8 +386,10 @@ def _options() -> dict[str, str]:
 
 for _attack in (
     Attack("badnet"),
-    Attack("addsent", trigger=lambda s: insert_sentence(s.sentence, seed=s.seed), describe=lambda s: repr(s.sentence),
-           strings=lambda s: [s.sentence]),
+    Attack("addsent", trigger=lambda s: insert_sentence(s.sentence, seed=s.seed, within=s.sentence_within),
+           describe=lambda s: repr(s.sentence) + ("" if s.sentence_within is None else
+                                                  f" within the first {s.sentence_within} words"),
+           strings=lambda s: [s.sentence], options=("sentence_within",)),
     Attack("ep", build=_embedding_poisoning, clean_only=True, edits_embeddings=True),
     Attack("es", prepare=_surgery, edits_embeddings=True),
     Attack("combo", trigger=lambda s: insert_all(s.words, seed=s.seed),
