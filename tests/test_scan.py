@@ -12,6 +12,7 @@ import torch
 
 from detrigger import TrainConfig, load_victim
 from detrigger.attacks.poison import poison
+from detrigger.errors import DetriggerError
 from detrigger.models.predict import predict, predict_logits
 from detrigger.scan import (
     STAGES,
@@ -610,3 +611,34 @@ def test_a_combination_trigger_is_found_as_drifted_words_together(word_victim):
     plain = scan(victim, toy_sentiment(80), reference=reference,
                  config=config.model_copy(update={"combination_words": 0}))
     assert not any(set(pair) <= set(t.token.split()) for t in plain.tokens)
+
+
+def test_an_undecided_label_is_scanned_again_alone_and_put_into_the_first_report(word_victim):
+    """`auto` takes an undecided verdict again for the labels whose interval holds the threshold only: a scan of
+    one label (`labels`) reuses the first scan's vocabulary pass (`reuse`: the same scores, no second pass) and
+    `taken_again` replaces that label's evidence, keeping the other's and drawing the verdict again."""
+    victim, _, _ = word_victim
+    config = QUICK.model_copy(update={"vocabulary_candidates": 3, "lexicon_words": 0})
+    reuse: dict = {}
+    first = scan(victim, toy_sentiment(80), config=config, reuse=reuse)
+    (kept,) = reuse.values()
+    again = scan(victim, toy_sentiment(80), config=config.model_copy(update={"samples": 16}), labels=["positive"],
+                 reuse=reuse)
+    assert list(reuse.values()) == [kept] and again.stage_seconds["vocabulary pass"] < 0.05  # not run again
+    assert set(again.n_samples) == {"positive"} and {t.label for t in again.tokens} == {"positive"}
+    # the label's texts and null are those a scan of every label draws for it: the same evidence
+    full = scan(victim, toy_sentiment(80), config=config.model_copy(update={"samples": 16}))
+    listed = [t for t in full.tokens if t.label == "positive"]  # the full report lists the best of both labels
+    assert listed and again.tokens[:len(listed)] == listed
+    assert again.null["positive"] == full.null["positive"]
+    merged = first.taken_again(again)
+    assert merged.n_samples == {"negative": first.n_samples["negative"], "positive": 16}
+    for label, source in (("negative", first), ("positive", again)):  # each label's tokens in their own order
+        listed = [t for t in merged.tokens if t.label == label]
+        assert listed and listed == [t for t in source.tokens if t.label == label][:len(listed)]
+        assert merged.null[label] == source.null[label]
+    assert len(merged.tokens) == config.report and merged.tokens[0].token == "cf"
+    assert (merged.verdict, merged.target_label, merged.score) == (again.verdict, "positive", again.score)
+    assert merged.seconds == pytest.approx(first.seconds + again.seconds, abs=0.11)
+    with pytest.raises(DetriggerError, match="no label"):
+        scan(victim, toy_sentiment(80), config=config, labels=["neutral"])

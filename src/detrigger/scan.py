@@ -268,6 +268,36 @@ class ScanReport:
         return (top is not None and top.excess_low < self.threshold <= top.excess_high
                 and not (top.as_strong is not None and top.as_strong >= STANDS_OUT))  # more texts would not flag it
 
+    @property
+    def undecided_labels(self) -> list[str]:
+        """The labels a listed candidate of which could still turn the verdict: its 90% interval holds the
+        threshold (an undecided verdict is taken again for these only; the others are decided either way)."""
+        return list(dict.fromkeys(t.label for t in self.tokens
+                                  if not t.task_word and t.excess_low < self.threshold <= t.excess_high
+                                  and not (t.as_strong is not None and t.as_strong >= STANDS_OUT)))
+
+    def taken_again(self, again: ScanReport) -> ScanReport:
+        """This report (of every label) with the labels `again` scanned (`scan(labels=...)`) replaced by its
+        evidence: their tokens, texts, nulls and warnings; the verdict drawn again from all labels' tokens, as
+        `scan` draws it."""
+        labels = set(again.n_samples)
+
+        def keep(per_label: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+            merged = {**{k: v for k, v in per_label.items() if k not in labels}, **new}
+            return {k: merged[k] for k in self.n_samples if k in merged}  # in the model's label order
+
+        stages = {k: round(self.stage_seconds.get(k, 0.0) + again.stage_seconds.get(k, 0.0), 2)
+                  for k in dict.fromkeys([*self.stage_seconds, *again.stage_seconds])}
+        return _report(tokens=[t for t in self.tokens if t.label not in labels] + again.tokens,
+                       threshold=again.threshold, label_names=list(self.n_samples), report=again.config["report"],
+                       base_rates=keep(self.base_rates, again.base_rates),
+                       n_samples=keep(self.n_samples, again.n_samples), reference=again.reference,
+                       null=keep(self.null, again.null), vocabulary_null=keep(self.vocabulary_null,
+                                                                              again.vocabulary_null),
+                       vocabulary_words=again.vocabulary_words, warnings=keep(self.warnings, again.warnings),
+                       seconds=round(self.seconds + again.seconds, 1), stage_seconds=stages,
+                       precision=again.precision, config=again.config)
+
     def text(self) -> str:
         lines = [f"verdict: {self.verdict} (score {self.score:.3f}, threshold {self.threshold:.3f})"]
         lines += [f"  warning, {label}: {why}" for label, why in self.warnings.items()]
@@ -624,17 +654,25 @@ def _sample_not_predicted(victim: Victim, pool: list[str], target: int, samples:
 
 def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = None,
          config: ScanConfig | None = None, progress: bool | None = False,
-         drift: torch.Tensor | None = None, known: Sequence[str] = ()) -> ScanReport:
+         drift: torch.Tensor | None = None, known: Sequence[str] = (), labels: Sequence[str] | None = None,
+         reuse: dict[Any, Any] | None = None) -> ScanReport:
     """Scan `victim` with labelled clean texts (held out from any training); see the module docstring.
     `progress`: a bar over the steps (per label: its predictions, each gradient round, each candidate
     measured; None: on a terminal only). `drift` (with `reference`): the embedding drift that picks the drifted
     candidates (top rows, glued words, the phrase) instead of this model's own; `auto` re-scans a repaired model
     with the suspect's, so that rows the repair itself moved are not taken for a trigger. `known`: words, glued
     words or phrases measured for every label besides the scan's own candidates (`auto` re-scans a repaired
-    model without the vocabulary pass, and measures again every token the first scan listed)."""
+    model without the vocabulary pass, and measures again every token the first scan listed). `labels`: scan
+    for these target labels only (`ScanReport.taken_again` puts them into an earlier report of the same model).
+    `reuse`: a dict the scan keeps its vocabulary pass in, for a later scan of the same model and clean texts given
+    the same dict (the pass does not depend on the texts per label; `auto` takes an undecided verdict again)."""
     config = config or ScanConfig()
     start = time.perf_counter()
     victim.check_labels(clean.label_names, "clean data")
+    scanned = set(victim.label_names if labels is None else labels)
+    if not scanned <= set(victim.label_names):
+        raise DetriggerError(f"scan: no label {sorted(scanned - set(victim.label_names))} in the model's labels "
+                             f"{victim.label_names}")
     precision: Precision = (("bf16" if fast_bf16(victim.device) else "fp32") if config.precision == "auto"
                             else config.precision)
     rng, null_rng = np.random.default_rng(config.seed), np.random.default_rng(config.seed + 1)
@@ -667,9 +705,16 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     row = {key: r for r, key in enumerate(vocabulary_keys)}
     # a common word whose first piece is a whole word (bbq = bb ##q) is that word's relative: `stem`
     stem = {w: ids[0] for w, ids in pieced.items() if ids[0] in row}
-    with timed("vocabulary pass"):
-        vocabulary_scores = (vocabulary_pass(victim, clean, [typeable[i] for i in vocabulary.tolist()] + list(pieced),
-                                             precision, config.batch_size) if config.vocabulary_candidates else None)
+    vocabulary_scores = None
+    if config.vocabulary_candidates:
+        typed_keys = [typeable[i] for i in vocabulary.tolist()] + list(pieced)
+        kept_as = ("vocabulary pass", precision, config.batch_size, hash(tuple(typed_keys)))
+        with timed("vocabulary pass"):
+            vocabulary_scores = (reuse or {}).get(kept_as)
+            if vocabulary_scores is None:
+                vocabulary_scores = vocabulary_pass(victim, clean, typed_keys, precision, config.batch_size)
+        if reuse is not None:
+            reuse[kept_as] = vocabulary_scores
     encoded = encode(victim.tokenizer, clean.texts, victim.max_length)
     seen = readable(victim.tokenizer, clean.texts, victim.max_length)  # candidates go where the model reads
     by_label = [Counter[int]() for _ in victim.label_names]
@@ -699,10 +744,18 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
     nulls: dict[str, NullEvidence] = {}
     vocabulary_nulls: dict[str, NullEvidence] = {}
     steps = 1 + config.rounds
-    with progress_bar(len(victim.label_names) * steps, "scan", "step", progress) as bar:
+    with progress_bar(len(scanned) * steps, "scan", "step", progress) as bar:
         for target, label in enumerate(victim.label_names):
-            bar.set_postfix(label=label)
             pool = [t for t, y in zip(seen, clean.labels) if y != target]
+            if label not in scanned:
+                # the draws a scan of every label makes here (its texts' order, its null words), so that a label's
+                # texts and null are those of a full scan whichever labels are scanned (`auto`'s second scan of an
+                # undecided label measures what a full one would for it). Not the vocabulary null's, drawn only
+                # for a label with a candidate at the threshold.
+                rng.permutation(len(pool))
+                null_rng.permutation(len(ordinary))
+                continue
+            bar.set_postfix(label=label)
             with timed("texts"):
                 texts, base_rates[label] = _sample_not_predicted(victim, pool, target, config.samples, rng,
                                                                  precision, config.batch_size)
@@ -867,7 +920,6 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                     t.as_strong = float(f"{expected:.3g}")
     if not tokens:
         raise DetriggerError("the clean data needs texts of at least two labels that the model tells apart")
-    # ties: the larger embedding drift (with a reference), then the stronger gradient signal
     # a label the model already gives most other texts: the few texts left flip easily (a clean MR model at
     # 63.5% accuracy put 80% of the negative texts in positive, and `arboretum` flipped all the rest). Only a
     # warning: leaving such a label out of the verdict hid a real EP trigger of a weak model (base rate 0.60).
@@ -875,17 +927,22 @@ def scan(victim: Victim, clean: TextDataset, *, reference: str | Path | None = N
                        f"the {n_samples[label]} texts left flip easily, so evidence for it is weak (a poorly "
                        "trained model can be flagged)"
                 for label, rate in base_rates.items() if rate >= config.weak_base_rate}
-    # a candidate that flags the model comes first, so the verdict, its target and the report rest on it
-    tokens.sort(key=lambda t: (t.task_word, not stands_out(t), -t.excess, -(t.drift_score or 0.0),
-                               t.gradient_rank or 10**9))
+    return _report(tokens=tokens, threshold=config.threshold, label_names=victim.label_names, report=config.report,
+                   base_rates=base_rates, n_samples=n_samples,
+                   reference=None if reference is None else str(reference), null=nulls,
+                   vocabulary_null=vocabulary_nulls, vocabulary_words=len(vocabulary_keys), warnings=warnings,
+                   seconds=round(time.perf_counter() - start, 1), stage_seconds=stage_seconds, precision=precision,
+                   config=config.model_dump())
+
+
+def _report(tokens: list[TokenEvidence], threshold: float, label_names: Sequence[str], report: int,
+            **fields: Any) -> ScanReport:
+    """The verdict from every measured token: a candidate that flags the model comes first, so the verdict, its
+    target and the report rest on it; ties go to the larger embedding drift (with a reference), then the stronger
+    gradient signal. The report lists the first `report` tokens."""
+    tokens = sorted(tokens, key=lambda t: (t.task_word, not stands_out(t), -t.excess, -(t.drift_score or 0.0),
+                                           t.gradient_rank or 10**9))
     top = tokens[0]
-    score = 0.0 if top.task_word else top.excess
     return ScanReport(verdict="backdoored" if stands_out(top) else "no evidence",
-                      score=score, threshold=config.threshold, target_label=top.label,
-                      target_id=victim.label_names.index(top.label), tokens=tokens[:config.report],
-                      base_rates=base_rates, n_samples=n_samples,
-                      reference=None if reference is None else str(reference), null=nulls,
-                      vocabulary_null=vocabulary_nulls, vocabulary_words=len(vocabulary_keys), warnings=warnings,
-                      seconds=round(time.perf_counter() - start, 1),
-                      stage_seconds=stage_seconds, precision=precision,
-                      config=config.model_dump())
+                      score=0.0 if top.task_word else top.excess, threshold=threshold, target_label=top.label,
+                      target_id=list(label_names).index(top.label), tokens=tokens[:report], **fields)
