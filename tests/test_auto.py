@@ -419,11 +419,16 @@ def test_an_undecided_first_scan_is_taken_again_then_repaired_as_flagged(referen
                            {}, {"negative": taken, "positive": taken}, None)
     assert undecided.undecided and not _scripted(("cf", 0.68)).undecided  # no interval: decided
     again = taken == SCRIPTED["scan"].samples
-    reports = iter([undecided, *([_scripted(("cf", 0.95))] if again else []), _scripted(("cf", 0.1))])
-    samples = []
+    # taken again for the undecided label only, and put into the first report: flagged there
+    flagged = ScanReport("backdoored", 0.95, 0.7, "positive", 1, [TokenEvidence("cf", "positive", 0.95, 1, excess=0.95,
+                                                                                 as_strong=0.01)],
+                         {}, {"positive": 200}, None, config={"report": 10})
+    reports = iter([undecided, *([flagged] if again else []), _scripted(("cf", 0.1))])
+    samples, labels = [], []
 
     def scripted_scan(*args, config, **kwargs):
         samples.append(config.samples)
+        labels.append(kwargs.get("labels"))
         return next(reports)
 
     monkeypatch.setattr(auto_module, "scan", scripted_scan)
@@ -440,5 +445,7 @@ def test_an_undecided_first_scan_is_taken_again_then_repaired_as_flagged(referen
         assert [r["unlearned"] for r in details.rounds] == [["cf"]]
         return
     assert samples == [32, ScanConfig().samples, 32]  # auto's, the calibration's, the re-scan (auto's again)
+    assert labels == [None, ["positive"], None]  # the second scan: the undecided label alone
+    assert details.scan_before["n_samples"] == {"negative": 32, "positive": 200}
     assert details.scan_before["verdict"] == "backdoored" and "sampling noise" in details.scan_before["texts"]
     assert [r["unlearned"] for r in details.rounds] == [["cf"]]

@@ -4,7 +4,8 @@ The user does not know which attack they face, so `auto` lets the scan (`detrigg
 
 1. Scan the suspect on all the defender's clean texts (with the reference encoder when there is one that
    fits the model), at 100 texts per label for time; a verdict within those texts' sampling noise of the
-   threshold (`ScanReport.undecided`) is taken again at the 200 the threshold was calibrated at. With the
+   threshold (`ScanReport.undecided`) is taken again at the 200 the threshold was calibrated at, for the labels
+   whose candidates' interval holds the threshold (`ScanReport.undecided_labels`). With the
    reference the scan's candidates include a phrase of the most-drifted words per label (a sentence trigger of
    ordinary words), unlearned like a word, and the common words made of its most-drifted pieces (the scan's
    `drifted_lexicon`: a multi-piece trigger's pieces drift together). Without one, the scan types all the common
@@ -320,18 +321,21 @@ def auto(victim: Victim, context: Context, config: AutoConfig) -> tuple[Victim, 
     # rows itself (Fine-mixing, the unlearning), and a phrase of the words it moved flipped every held-out text of
     # a weak model once its trigger was gone (MR, paraphrase-MiniLM-L3-v2, BadNet seed 2: docs/defences.md)
     drift = None if reference is None else epur_scores(victim, reference, list(everything.texts))
-    before = scan(victim, everything, reference=ref_path, config=scan_config, drift=drift)
+    reuse: dict[Any, Any] = {}  # the vocabulary pass, for a second scan of the undecided labels
+    before = scan(victim, everything, reference=ref_path, config=scan_config, drift=drift, reuse=reuse)
     texts = "all clean texts"
     calibrated = ScanConfig.model_fields["samples"].default  # the texts per label the threshold was set at
-    # a second scan only where the clean data holds more texts for a label than the first one took
-    more = any(n >= scan_config.samples for n in before.n_samples.values())
-    if before.undecided and scan_config.samples < calibrated and not more:
+    # a second scan only for the labels whose candidates' interval holds the threshold (the others' are decided
+    # either way; a BBC AddSent victim: one label of five, 123 s of a second scan of all labels) and where the
+    # clean data holds more texts for the label than the first scan took
+    labels = [label for label in before.undecided_labels if before.n_samples[label] >= scan_config.samples]
+    if before.undecided and scan_config.samples < calibrated and not labels:
         texts += ", every text the clean data holds for a label (the verdict is within their sampling noise)"
     elif before.undecided and scan_config.samples < calibrated:
-        texts += (f", {calibrated} per label: at {scan_config.samples} the verdict ({before.verdict}, "
-                  f"{before.score:.3f}) was within the texts' sampling noise of the threshold")
-        before = scan(victim, everything, reference=ref_path,
-                      config=scan_config.model_copy(update={"samples": calibrated}), drift=drift)
+        texts += (f", {calibrated} per label for {', '.join(labels)}: at {scan_config.samples} the verdict "
+                  f"({before.verdict}, {before.score:.3f}) was within the texts' sampling noise of the threshold")
+        before = before.taken_again(scan(victim, everything, reference=ref_path, drift=drift, labels=labels,
+                                         config=scan_config.model_copy(update={"samples": calibrated}), reuse=reuse))
     stages["scan_before_seconds"] = round(time.perf_counter() - start, 1)
     suspect_val = accuracy_on(victim, val)
     details: dict[str, Any] = {"reference": None if ref_path is None else str(ref_path),
