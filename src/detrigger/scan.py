@@ -265,16 +265,19 @@ class ScanReport:
         """The verdict is within the sampling noise of these texts: the best candidate's 90% interval of the
         excess holds the threshold, so more clean texts could turn it (`auto` then scans at the calibration's)."""
         top = self.best
-        return (top is not None and top.excess_low < self.threshold <= top.excess_high
-                and not (top.as_strong is not None and top.as_strong >= STANDS_OUT))  # more texts would not flag it
+        return top is not None and self._in_doubt(top)
 
     @property
     def undecided_labels(self) -> list[str]:
         """The labels a listed candidate of which could still turn the verdict: its 90% interval holds the
         threshold (an undecided verdict is taken again for these only; the others are decided either way)."""
-        return list(dict.fromkeys(t.label for t in self.tokens
-                                  if not t.task_word and t.excess_low < self.threshold <= t.excess_high
-                                  and not (t.as_strong is not None and t.as_strong >= STANDS_OUT)))
+        return list(dict.fromkeys(t.label for t in self.tokens if not t.task_word and self._in_doubt(t)))
+
+    def _in_doubt(self, token: TokenEvidence) -> bool:
+        """The token's 90% interval of the excess holds the threshold, and it is not one that more texts could not
+        make flag the model (measured at the threshold, it does not stand out of the vocabulary)."""
+        return (token.excess_low < self.threshold <= token.excess_high
+                and not (token.as_strong is not None and token.as_strong >= STANDS_OUT))
 
     def taken_again(self, again: ScanReport) -> ScanReport:
         """This report (of every label) with the labels `again` scanned (`scan(labels=...)`) replaced by its
